@@ -1,0 +1,1 @@
+"""Pure, typed building blocks: no I/O, no clocks, no tracking. Seeds are arguments."""

@@ -1,0 +1,1 @@
+"""One module per lifecycle step: load inputs -> call components -> write outputs -> log to MLflow."""

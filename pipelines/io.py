@@ -1,0 +1,32 @@
+"""Reading and writing canonical tables (Parquet, or CSV for data a user brings)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from components import schema as s
+
+
+def read_table(folder: Path, table: str, required: bool = True) -> pd.DataFrame | None:
+    """Read <folder>/<table>.parquet or .csv and conform it to the canonical schema."""
+    folder = Path(folder)
+    for suffix, reader in ((".parquet", pd.read_parquet), (".csv", pd.read_csv)):
+        path = folder / f"{table}{suffix}"
+        if path.exists():
+            return s.conform(table, reader(path))
+    if required:
+        raise FileNotFoundError(f"table '{table}' not found: expected {folder}/{table}.parquet or {table}.csv")
+    return None
+
+
+def write_tables(folder: Path, tables: dict[str, pd.DataFrame]) -> None:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, frame in tables.items():
+        frame.to_parquet(folder / f"{name}.parquet", index=False)
+
+
+def read_tables(folder: Path, names: tuple[str, ...]) -> dict[str, pd.DataFrame]:
+    return {name: read_table(folder, name) for name in names}
