@@ -1,0 +1,38 @@
+"""Shared fixtures: tiny slices of the real shared datasets and an isolated output root."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipelines.common import REPO_ROOT, Paths
+
+SHARED = Path(__import__("os").environ.get("HATCHERY_DATA_DIR", REPO_ROOT.parent / "shared" / "datasets"))
+
+
+@pytest.fixture(scope="session")
+def shared_datasets() -> Path:
+    if not (SHARED / "homedepot" / "train.csv.zip").exists():
+        pytest.fail(f"shared datasets not found at {SHARED}: set HATCHERY_DATA_DIR")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def homedepot_raw(shared_datasets: Path) -> pd.DataFrame:
+    return pd.read_csv(shared_datasets / "homedepot" / "train.csv.zip", encoding="latin-1")
+
+
+@pytest.fixture(scope="session")
+def online_retail_raw(shared_datasets: Path) -> pd.DataFrame:
+    return pd.read_parquet(shared_datasets / "online_retail" / "online_retail.parquet")
+
+
+@pytest.fixture
+def paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Paths:
+    """An output root in tmp_path, with MLflow pointed at a temporary SQLite store."""
+    monkeypatch.setenv("HATCHERY_HOME", str(tmp_path))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("HATCHERY_PSEUDONYM_SALT", "test-salt")
+    return Paths(root=tmp_path)
