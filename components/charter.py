@@ -1,0 +1,179 @@
+"""The incubation charter: what a challenger must show before it may be rolled out.
+
+One YAML file per incubation project (charters/*.yaml) names the objective, the primary metric and
+the improvement it must show over the champion, slice tolerance, guardrails, the rollout plan, the
+training budget and the DVC stages that train it. `parse_charter` validates a mapping and names
+every offending field by its dotted path.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Domain = Literal["search", "recommend"]
+
+# Metrics the evaluation steps write per unit (per query / per user), by domain. A charter may only
+# gate on a metric the per-unit table carries: anything else could not be tested paired.
+UNIT_METRICS: dict[str, tuple[str, ...]] = {
+    "search": ("ndcg_at_10", "recall_at_100"),
+    "recommend": ("recall_at_20", "ndcg_at_20"),
+}
+# Slice columns of the per-unit tables (see pipelines/gate.py for their definitions).
+SLICE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "search": ("query_length", "head_tail"),
+    "recommend": ("buyer_segment",),
+}
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PrimaryMetric(Frozen):
+    """The one number the challenger must improve, tested paired over the same test units.
+
+    min_improvement: absolute (metric units, e.g. 0.01 NDCG) mean difference challenger - champion
+    the lower end of the one-sided bootstrap interval must exceed.
+    confidence: one-sided confidence of that interval, in (0.5, 1).
+    """
+
+    name: str
+    min_improvement: float = Field(ge=0.0, le=1.0)
+    confidence: float = Field(gt=0.5, lt=1.0)
+    bootstrap_resamples: int = Field(1000, ge=100, le=100_000)
+
+
+class SliceRule(Frozen):
+    """No slice may lose more than `max_drop` (absolute, primary metric) against the champion.
+
+    Slices with fewer than `min_units` units are reported but not judged (too noisy to fail on).
+    """
+
+    columns: list[str] = Field(min_length=1)
+    max_drop: float = Field(ge=0.0, le=1.0)
+    min_units: int = Field(30, ge=1)
+
+
+class Guardrails(Frozen):
+    """Absolute limits on the challenger, measured on the packaged bundle.
+
+    latency_p99_ms: p99 of single-request scoring time over `benchmark_requests` requests (ms).
+    min_coverage: distinct products in the top-k lists of those requests / min(catalog, requests * k).
+    exposure_measure / max_exposure: concentration of top-k exposure across catalog products,
+    either the Gini index (0 = even, 1 = one product) or the share of slots taken by the top 1%.
+    max_model_size_mb: the bundle on disk, MiB.
+    """
+
+    latency_p99_ms: float = Field(gt=0)
+    benchmark_requests: int = Field(200, ge=10, le=100_000)
+    k: int = Field(10, ge=1, le=1000)
+    min_coverage: float = Field(ge=0.0, le=1.0)
+    exposure_measure: Literal["gini", "top1_share"]
+    max_exposure: float = Field(gt=0.0, le=1.0)
+    max_model_size_mb: float = Field(gt=0)
+
+
+class ExitCriteria(Frozen):
+    """When a rollout phase may advance: enough traffic seen and no health limit crossed."""
+
+    min_requests: int = Field(ge=1)
+    min_hours: float = Field(ge=0)
+    max_error_rate: float = Field(ge=0.0, le=1.0)
+    max_latency_p99_ms: float = Field(gt=0)
+    # Online proxy of the primary metric (e.g. click-through) relative to the champion's, >= this.
+    min_primary_ratio: float = Field(ge=0.0, le=2.0)
+
+
+class ShadowPhase(Frozen):
+    traffic_share: float = Field(gt=0.0, le=1.0)
+    exit: ExitCriteria
+
+
+class CanaryStep(Frozen):
+    traffic_share: float = Field(gt=0.0, le=1.0)
+    success: ExitCriteria
+
+
+class RolloutPlan(Frozen):
+    """Handed to the serving stage: shadow first, then canary steps of growing traffic share."""
+
+    shadow: ShadowPhase
+    canary: list[CanaryStep] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _growing(self) -> RolloutPlan:
+        shares = [c.traffic_share for c in self.canary]
+        if any(b <= a for a, b in zip(shares, shares[1:], strict=False)):
+            raise ValueError(f"canary traffic shares must strictly grow, got {shares}")
+        return self
+
+
+class TrainingBudget(Frozen):
+    """Wall-clock budget of the training stages together: CPU minutes without a GPU, else GPU hours."""
+
+    cpu_minutes: float = Field(gt=0)
+    gpu_hours: float = Field(gt=0)
+
+
+class Charter(Frozen):
+    """One incubation project, as written in charters/<name>.yaml."""
+
+    name: str
+    title: str = Field(min_length=1)
+    objective: str = Field(min_length=10)
+    domain: Domain
+    registered_model: str = Field(min_length=1)
+    primary_metric: PrimaryMetric
+    slices: SliceRule
+    guardrails: Guardrails
+    rollout: RolloutPlan
+    budget: TrainingBudget
+    stages: list[str] = Field(min_length=1)
+    owner: str = ""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Charter:
+        if not _NAME.match(self.name):
+            raise ValueError(f"name {self.name!r} must be lower_snake_case")
+        metrics = UNIT_METRICS[self.domain]
+        if self.primary_metric.name not in metrics:
+            raise ValueError(f"primary_metric.name {self.primary_metric.name!r} is not one of {list(metrics)}")
+        unknown = sorted(set(self.slices.columns) - set(SLICE_COLUMNS[self.domain]))
+        if unknown:
+            raise ValueError(f"slices.columns {unknown} are not slices of {self.domain} (have {list(SLICE_COLUMNS[self.domain])})")
+        if len(set(self.stages)) != len(self.stages):
+            raise ValueError(f"stages lists a stage twice: {self.stages}")
+        return self
+
+
+class CharterError(ValueError):
+    """A charter is invalid; the message names each offending field by its dotted path."""
+
+
+def parse_charter(raw: dict[str, Any], source: str = "charter") -> Charter:
+    """Validate a charter mapping; raise CharterError naming each bad field (`guardrails.k: ...`)."""
+    if not isinstance(raw, dict):
+        raise CharterError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return Charter.model_validate(raw)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            what = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+            lines.append(f"  {where}: {what}")
+        raise CharterError(f"{source} is invalid:\n" + "\n".join(lines)) from None
+
+
+def check_stages(charter: Charter, known_stages: list[str]) -> None:
+    """Every stage the charter asks for must be a stage of dvc.yaml."""
+    missing = [s for s in charter.stages if s not in known_stages]
+    if missing:
+        raise CharterError(
+            f"charter {charter.name!r}: stages {missing} are not in dvc.yaml (it has: {', '.join(known_stages) or 'none'})"
+        )

@@ -1,0 +1,65 @@
+"""Charters: the shipped ones validate; a bad one fails naming the field."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.charter import Charter, CharterError, check_stages, parse_charter
+
+CHARTERS = Path(__file__).resolve().parents[2] / "charters"
+
+
+@pytest.fixture(scope="module")
+def search_charter() -> dict:
+    return yaml.safe_load((CHARTERS / "semantic_search.yaml").read_text())
+
+
+@pytest.mark.parametrize("name", ["semantic_search", "personalised_recommendations"])
+def test_shipped_charters_are_valid(name):
+    charter = parse_charter(yaml.safe_load((CHARTERS / f"{name}.yaml").read_text()))
+    assert charter.name == name
+    assert charter.stages and charter.rollout.canary
+
+
+def test_charter_is_frozen(search_charter):
+    charter = parse_charter(search_charter)
+    with pytest.raises(Exception):
+        charter.name = "other"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("edit", "field"),
+    [
+        (lambda c: c["guardrails"].pop("latency_p99_ms"), "guardrails.latency_p99_ms"),
+        (lambda c: c["primary_metric"].update(confidence=1.5), "primary_metric.confidence"),
+        (lambda c: c.update(surprise=1), "surprise: unknown field"),
+        (lambda c: c["rollout"]["canary"][1]["success"].update(max_error_rate=-1), "rollout.canary.1.success.max_error_rate"),
+        (lambda c: c["budget"].update(cpu_minutes=0), "budget.cpu_minutes"),
+        (lambda c: c["primary_metric"].update(name="recall_at_20"), "primary_metric.name"),
+        (lambda c: c["slices"].update(columns=["buyer_segment"]), "slices.columns"),
+        (lambda c: c["guardrails"].update(exposure_measure="entropy"), "guardrails.exposure_measure"),
+    ],
+)
+def test_bad_charter_names_the_field(search_charter, edit, field):
+    raw = copy.deepcopy(search_charter)
+    edit(raw)
+    with pytest.raises(CharterError, match=field.replace(".", r"\.")):
+        parse_charter(raw, "semantic_search.yaml")
+
+
+def test_canary_shares_must_grow(search_charter):
+    raw = copy.deepcopy(search_charter)
+    raw["rollout"]["canary"][0]["traffic_share"] = 0.5
+    with pytest.raises(CharterError, match="canary traffic shares"):
+        parse_charter(raw)
+
+
+def test_unknown_stage_is_named(search_charter):
+    charter: Charter = parse_charter(search_charter)
+    with pytest.raises(CharterError, match=charter.stages[0]):
+        check_stages(charter, ["ingest", "validate", "split"])
+    check_stages(charter, list(charter.stages) + ["split"])
