@@ -217,3 +217,5 @@ def mlflow_run(
 def configure_logging() -> None:
     """Entry points only: plain timestamped lines on stderr."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Great Expectations logs its internals at INFO; keep step logs readable.
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)

@@ -1,0 +1,164 @@
+"""The data contract as Great Expectations 1.x suites: one list of expectations per checked frame.
+
+Cross-table rules (referential integrity, PII, split leakage) become derived boolean or count
+columns on a "check frame", so each rule is an ordinary column expectation that Data Docs can
+render with its failing rows. Nothing here touches files or clocks: `now` is an argument.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import great_expectations.expectations as gxe
+import pandas as pd
+
+from components import schema as s
+from components.config import ChecksParams
+from components.privacy import find_pii
+
+IN_CATALOG = "product_in_catalog"
+QUERY_KNOWN = "query_in_queries"
+HAS_PII = "text_has_pii"
+N_SPLITS = "n_splits"
+SPLIT_QUERIES = "queries"
+SPLIT_ROWS = "rows"
+
+
+@dataclass(frozen=True)
+class CheckedFrame:
+    """A frame and the expectations it must meet, under a suite name shown in reports."""
+
+    name: str
+    frame: pd.DataFrame
+    expectations: list = field(default_factory=list)
+
+
+def _required_columns(table: str) -> list:
+    return [gxe.ExpectColumnToExist(column=c.name) for c in s.TABLES[table] if c.required]
+
+
+def _pii_flag(frame: pd.DataFrame, text_columns: Iterable[str]) -> pd.Series:
+    flag = pd.Series(False, index=frame.index)
+    for col in text_columns:
+        if col in frame.columns:
+            flag |= find_pii(frame[col])
+    return flag
+
+
+def catalog_check(catalog: pd.DataFrame, c: ChecksParams) -> CheckedFrame:
+    frame = catalog.assign(**{HAS_PII: _pii_flag(catalog, (s.TITLE, s.DESCRIPTION))})
+    exp = _required_columns(s.CATALOG) + [
+        gxe.ExpectTableRowCountToBeBetween(min_value=c.min_products),
+        gxe.ExpectColumnValuesToNotBeNull(column=s.PRODUCT_ID),
+        gxe.ExpectColumnValuesToBeUnique(column=s.PRODUCT_ID),
+        gxe.ExpectColumnValuesToNotBeNull(column=s.TITLE),
+        gxe.ExpectColumnValueLengthsToBeBetween(column=s.TITLE, min_value=1, max_value=c.max_title_chars),
+        gxe.ExpectColumnValuesToBeInSet(column=HAS_PII, value_set=[False]),
+    ]
+    if s.PRICE in frame.columns:
+        exp.append(gxe.ExpectColumnValuesToBeBetween(column=s.PRICE, min_value=0, max_value=c.max_price, strict_min=True))
+    return CheckedFrame(s.CATALOG, frame, exp)
+
+
+def queries_check(queries: pd.DataFrame, c: ChecksParams) -> CheckedFrame:
+    frame = queries.assign(**{HAS_PII: _pii_flag(queries, (s.QUERY,))})
+    exp = _required_columns(s.QUERIES) + [
+        gxe.ExpectTableRowCountToBeBetween(min_value=c.min_queries),
+        gxe.ExpectColumnValuesToNotBeNull(column=s.QUERY_ID),
+        gxe.ExpectColumnValuesToBeUnique(column=s.QUERY_ID),
+        gxe.ExpectColumnValuesToNotBeNull(column=s.QUERY),
+        gxe.ExpectColumnValueLengthsToBeBetween(column=s.QUERY, min_value=1),
+        gxe.ExpectColumnValuesToBeInSet(column=HAS_PII, value_set=[False]),
+    ]
+    return CheckedFrame(s.QUERIES, frame, exp)
+
+
+def judgments_check(judgments: pd.DataFrame, catalog: pd.DataFrame, queries: pd.DataFrame, c: ChecksParams) -> CheckedFrame:
+    frame = judgments.assign(
+        **{
+            IN_CATALOG: judgments[s.PRODUCT_ID].isin(set(catalog[s.PRODUCT_ID])),
+            QUERY_KNOWN: judgments[s.QUERY_ID].isin(set(queries[s.QUERY_ID])),
+        }
+    )
+    exp = _required_columns(s.JUDGMENTS) + [
+        gxe.ExpectTableRowCountToBeBetween(min_value=c.min_judgments),
+        gxe.ExpectCompoundColumnsToBeUnique(column_list=[s.QUERY_ID, s.PRODUCT_ID]),
+        gxe.ExpectColumnValuesToNotBeNull(column=s.RELEVANCE),
+        gxe.ExpectColumnValuesToBeBetween(column=s.RELEVANCE, min_value=c.relevance_min, max_value=c.relevance_max),
+        # A mean far from the usual band means the scale was misread (0-based, 1-5, inverted).
+        gxe.ExpectColumnMeanToBeBetween(column=s.RELEVANCE, min_value=c.relevance_mean_min, max_value=c.relevance_mean_max),
+        gxe.ExpectColumnValuesToBeInSet(column=IN_CATALOG, value_set=[True]),
+        gxe.ExpectColumnValuesToBeInSet(column=QUERY_KNOWN, value_set=[True]),
+    ]
+    return CheckedFrame(s.JUDGMENTS, frame, exp)
+
+
+def events_check(events: pd.DataFrame, catalog: pd.DataFrame, c: ChecksParams, now: datetime) -> CheckedFrame:
+    frame = events.assign(**{IN_CATALOG: events[s.PRODUCT_ID].isin(set(catalog[s.PRODUCT_ID]))})
+    exp = _required_columns(s.EVENTS) + [
+        gxe.ExpectTableRowCountToBeBetween(min_value=c.min_events),
+        gxe.ExpectColumnValuesToNotBeNull(column=s.USER_ID),
+        gxe.ExpectColumnValuesToNotBeNull(column=s.PRODUCT_ID),
+        gxe.ExpectColumnValuesToNotBeNull(column=s.TIMESTAMP),
+        gxe.ExpectColumnUniqueValueCountToBeBetween(column=s.USER_ID, min_value=c.min_users),
+        gxe.ExpectColumnValuesToBeInSet(column=s.EVENT_TYPE, value_set=list(s.EVENT_TYPES)),
+        gxe.ExpectColumnMaxToBeBetween(column=s.TIMESTAMP, max_value=pd.Timestamp(now).isoformat()),
+        gxe.ExpectColumnValuesToBeBetween(column=s.QUANTITY, min_value=0, max_value=c.max_quantity, strict_min=True),
+        gxe.ExpectColumnValuesToBeBetween(column=s.PRICE, min_value=0, max_value=c.max_price, strict_min=True),
+        gxe.ExpectColumnValuesToBeInSet(column=IN_CATALOG, value_set=[True]),
+    ]
+    return CheckedFrame(s.EVENTS, frame, exp)
+
+
+def search_split_checks(queries_with_split: pd.DataFrame, parts: dict[str, pd.DataFrame]) -> list[CheckedFrame]:
+    """No query in two splits, every split non-empty."""
+    labelled = pd.concat([p[[s.QUERY_ID]].assign(**{s.SPLIT: name}) for name, p in parts.items()], ignore_index=True)
+    per_query = labelled.groupby(s.QUERY_ID)[s.SPLIT].nunique().rename(N_SPLITS).reset_index()
+    sizes = pd.DataFrame(
+        {
+            s.SPLIT: list(parts),
+            SPLIT_QUERIES: [p[s.QUERY_ID].nunique() for p in parts.values()],
+            SPLIT_ROWS: [len(p) for p in parts.values()],
+        }
+    )
+    return [
+        CheckedFrame(
+            "search_split_queries",
+            queries_with_split,
+            [
+                gxe.ExpectColumnValuesToBeUnique(column=s.QUERY_ID),
+                gxe.ExpectColumnValuesToBeInSet(column=s.SPLIT, value_set=["train", "valid", "test"]),
+            ],
+        ),
+        CheckedFrame("search_split_leakage", per_query, [gxe.ExpectColumnValuesToBeBetween(column=N_SPLITS, min_value=1, max_value=1)]),
+        CheckedFrame("search_split_sizes", sizes, [gxe.ExpectColumnValuesToBeBetween(column=SPLIT_QUERIES, min_value=1)]),
+    ]
+
+
+def recommend_split_checks(folds: Iterable, pieces: dict[str, tuple[pd.DataFrame, pd.DataFrame]]) -> list[CheckedFrame]:
+    """History strictly before each cutoff, window inside [cutoff, end], both non-empty."""
+    out = []
+    for fold in folds:
+        history, window = pieces[fold.name]
+        out.append(
+            CheckedFrame(
+                f"recommend_{fold.name}_history",
+                history,
+                [
+                    gxe.ExpectTableRowCountToBeBetween(min_value=1),
+                    gxe.ExpectColumnMaxToBeBetween(
+                        column=s.TIMESTAMP, max_value=pd.Timestamp(fold.cutoff).isoformat(), strict_max=True
+                    ),
+                ],
+            )
+        )
+        window_exp = [
+            gxe.ExpectTableRowCountToBeBetween(min_value=1),
+            gxe.ExpectColumnMinToBeBetween(column=s.TIMESTAMP, min_value=pd.Timestamp(fold.cutoff).isoformat()),
+        ]
+        if fold.end is not None:
+            window_exp.append(gxe.ExpectColumnMaxToBeBetween(column=s.TIMESTAMP, max_value=pd.Timestamp(fold.end).isoformat()))
+        out.append(CheckedFrame(f"recommend_{fold.name}_window", window, window_exp))
+    return out
