@@ -145,7 +145,9 @@ class Charter(Frozen):
             raise ValueError(f"primary_metric.name {self.primary_metric.name!r} is not one of {list(metrics)}")
         unknown = sorted(set(self.slices.columns) - set(SLICE_COLUMNS[self.domain]))
         if unknown:
-            raise ValueError(f"slices.columns {unknown} are not slices of {self.domain} (have {list(SLICE_COLUMNS[self.domain])})")
+            raise ValueError(
+                f"slices.columns {unknown} are not slices of {self.domain} (have {list(SLICE_COLUMNS[self.domain])})"
+            )
         if len(set(self.stages)) != len(self.stages):
             raise ValueError(f"stages lists a stage twice: {self.stages}")
         return self

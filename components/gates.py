@@ -49,7 +49,9 @@ class GateReport:
     def reason(self) -> str:
         """One line per failed check, or a pass statement."""
         if self.passed:
-            return f"{self.challenger} passed all {sum(c.judged for c in self.checks)} gate checks against {self.champion}"
+            return (
+                f"{self.challenger} passed all {sum(c.judged for c in self.checks)} gate checks against {self.champion}"
+            )
         return f"{self.challenger} failed the gate against {self.champion}: " + "; ".join(
             f"{c.name}: {c.detail}" for c in self.failures
         )
@@ -148,7 +150,8 @@ def slice_checks(
                 value=drop,
                 threshold=max_drop,
                 detail=f"{ca:.4f} vs champion {cb:.4f} (drop {drop:+.4f}, limit {max_drop}, n={n}"
-                + ("" if judged else f" < {min_units}: not judged") + ")",
+                + ("" if judged else f" < {min_units}: not judged")
+                + ")",
                 numbers={"challenger_mean": ca, "champion_mean": cb, "drop": drop, "units": n},
                 judged=judged,
             )

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from components.charter import Charter, CharterError, check_stages, parse_charter
 
@@ -27,7 +28,7 @@ def test_shipped_charters_are_valid(name):
 
 def test_charter_is_frozen(search_charter):
     charter = parse_charter(search_charter)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         charter.name = "other"  # type: ignore[misc]
 
 
@@ -37,7 +38,10 @@ def test_charter_is_frozen(search_charter):
         (lambda c: c["guardrails"].pop("latency_p99_ms"), "guardrails.latency_p99_ms"),
         (lambda c: c["primary_metric"].update(confidence=1.5), "primary_metric.confidence"),
         (lambda c: c.update(surprise=1), "surprise: unknown field"),
-        (lambda c: c["rollout"]["canary"][1]["success"].update(max_error_rate=-1), "rollout.canary.1.success.max_error_rate"),
+        (
+            lambda c: c["rollout"]["canary"][1]["success"].update(max_error_rate=-1),
+            "rollout.canary.1.success.max_error_rate",
+        ),
         (lambda c: c["budget"].update(cpu_minutes=0), "budget.cpu_minutes"),
         (lambda c: c["primary_metric"].update(name="recall_at_20"), "primary_metric.name"),
         (lambda c: c["slices"].update(columns=["buyer_segment"]), "slices.columns"),

@@ -1,0 +1,112 @@
+"""The incubation lifecycle: charter -> data checks -> training -> validation gates -> packaging -> report.
+
+Trigger it from the UI (pick a charter), the CLI or the REST API with run parameters:
+    airflow dags trigger incubation --conf '{"charter": "semantic_search", "overrides": {}}'
+`overrides` are dotted params.yaml keys ({"data.search.path": "/data/mine"}); a run with overrides
+works in its own DVC workspace (pipelines/dvc_stage.py) and never edits params.yaml.
+
+Wiring only: every task body is one call into pipelines.lifecycle. Tasks that run DVC (or read and
+write its outputs) share the `hatchery_dvc` pool of one slot, because DVC locks the repository.
+The training stages come from the charter at run time (dynamic task mapping), so a new DVC stage
+needs no change here.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pendulum
+from airflow.sdk import Param, TaskGroup, dag, task
+
+REPO = Path(__file__).resolve().parent.parent
+POOL = "hatchery_dvc"
+CHARTERS = sorted(p.stem for p in (REPO / "charters").glob("*.yaml")) or ["semantic_search"]
+DEFAULT_CHARTER = "semantic_search" if "semantic_search" in CHARTERS else CHARTERS[0]
+
+
+def _lifecycle():
+    """pipelines.lifecycle, imported at run time (parsing must not import the ML stack)."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    import pipelines.lifecycle
+
+    return pipelines.lifecycle
+
+
+def _airflow_url(run_id: str) -> str:
+    base = os.environ.get("AIRFLOW__API__BASE_URL", "http://localhost:8080").rstrip("/")
+    return f"{base}/dags/incubation/runs/{run_id}"
+
+
+@dag(
+    dag_id="incubation",
+    description="Incubate a search or recommendation model against its charter, up to a packaged challenger",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=2,
+    tags=["hatchery", "incubation", "mlops"],
+    default_args={"owner": "hatchery", "retries": 2, "retry_delay": timedelta(seconds=20)},
+    params={
+        "charter": Param(DEFAULT_CHARTER, type="string", enum=CHARTERS, description="charters/<name>.yaml"),
+        "overrides": Param(
+            {}, type="object", description='dotted params.yaml overrides, e.g. {"data.search.path": "/data/mine"}'
+        ),
+    },
+    doc_md=__doc__,
+)
+def incubation():
+    # Deterministic decisions (a bad charter, a failed gate) fail the same way twice: no retries there.
+    @task(retries=0)
+    def validate_charter(params=None, run_id=None) -> dict:
+        return _lifecycle().requirements(params["charter"], params["overrides"], run_id)
+
+    @task(pool=POOL)
+    def ingest(plan: dict, run_id=None) -> dict:
+        return _lifecycle().dvc_stage("ingest", plan, run_id, "requirements")
+
+    @task(pool=POOL)
+    def validate(plan: dict, run_id=None) -> dict:
+        return _lifecycle().dvc_stage("validate", plan, run_id, "requirements")
+
+    @task(pool=POOL)
+    def split(plan: dict, run_id=None) -> dict:
+        return _lifecycle().dvc_stage("split", plan, run_id, "requirements")
+
+    @task
+    def plan_training(plan: dict) -> list:
+        return _lifecycle().training_plan(plan)
+
+    # One mapped instance per charter stage, labelled by stage; one at a time (upstream stages first).
+    @task(pool=POOL, map_index_template="{{ task.op_kwargs['item']['stage'] }}", max_active_tis_per_dagrun=1)
+    def train_stage(item: dict, plan: dict, run_id=None) -> dict:
+        return _lifecycle().train(item, plan, run_id)
+
+    @task(pool=POOL, retries=0)
+    def gate(plan: dict, run_id=None) -> dict:
+        return _lifecycle().gate(plan, run_id)
+
+    @task(pool=POOL)
+    def package(plan: dict, run_id=None) -> dict:
+        return _lifecycle().package(plan, run_id)
+
+    @task(trigger_rule="all_done", retries=1)
+    def report(params=None, run_id=None) -> dict:
+        return _lifecycle().report(params["charter"], run_id, _airflow_url(run_id))
+
+    with TaskGroup("requirements", tooltip="charter validation, then the data checks") as requirements_tg:
+        plan = validate_charter()
+        ingest(plan) >> validate(plan) >> split(plan)
+    with TaskGroup("training", tooltip="the charter's DVC stages") as training_tg:
+        train_stage.partial(plan=plan).expand(item=plan_training(plan))
+    with TaskGroup("validation", tooltip="challenger vs champion: metric, slices, guardrails") as validation_tg:
+        gate(plan)
+    with TaskGroup("packaging", tooltip="the challenger as a Bento") as packaging_tg:
+        package(plan)
+    requirements_tg >> training_tg >> validation_tg >> packaging_tg >> report()
+
+
+incubation()

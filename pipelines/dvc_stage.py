@@ -1,0 +1,185 @@
+"""dvc_stage: how the lifecycle (Airflow) runs a step — always `dvc repro <stage>`, never around DVC.
+
+So an Airflow task and a hand-typed `dvc repro` share one implementation (pipelines/<step>.py via
+the stage's cmd), one lock file and one cache: a stage whose deps and params did not change is
+skipped, whoever asks.
+
+Workspaces. The repository itself is the workspace when HATCHERY_HOME is the repository and the
+run has no parameter overrides. Otherwise (data overrides from the Airflow run, a HATCHERY_HOME
+elsewhere, the end-to-end test) the run gets a mirror workspace at
+<HATCHERY_HOME>/workspaces/<key>: a copy of the code and dvc.yaml, params.yaml with the overrides
+applied, its own data/, models/ and dvc.lock, and — under the repository — the repository's DVC
+cache. The repository's params.yaml is never edited, and the same overrides always land in the
+same workspace, so their outputs are reused too. MLflow stays the one store of HATCHERY_HOME.
+
+Usage: python -m pipelines.dvc_stage <stage> [key=value ...]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from components.config import apply_overrides, parse_params
+from pipelines.common import REPO_ROOT, Paths, datasets_dir, tracking_uri
+
+log = logging.getLogger(__name__)
+
+# What a mirror workspace copies from the repository: the code the stages run and import.
+CODE_DIRS = ("components", "pipelines", "services")
+CODE_FILES = ("dvc.yaml", ".dvcignore")
+
+
+class StageError(RuntimeError):
+    """A DVC stage failed; the message carries the stage and the tail of its output (the reason)."""
+
+
+def workspace_key(overrides: dict[str, Any] | None) -> str:
+    """'default' without overrides, else a short stable hash of the sorted overrides."""
+    if not overrides:
+        return "default"
+    blob = json.dumps(overrides, sort_keys=True, default=str).encode()
+    return "o-" + hashlib.sha256(blob).hexdigest()[:12]
+
+
+def workspace_root(overrides: dict[str, Any] | None = None, base: Paths | None = None) -> Path:
+    """Where a run with these overrides reads and writes (see the module docstring)."""
+    base = base or Paths()
+    if not overrides and base.root.resolve() == REPO_ROOT.resolve():
+        return REPO_ROOT
+    return base.root / "workspaces" / workspace_key(overrides)
+
+
+def stage_names(root: Path = REPO_ROOT) -> list[str]:
+    """The stages of <root>/dvc.yaml, in file order."""
+    path = Path(root) / "dvc.yaml"
+    if not path.exists():
+        return []
+    return list((yaml.safe_load(path.read_text()) or {}).get("stages", {}))
+
+
+def _absolute_outside_deps(dvc_yaml: dict[str, Any]) -> dict[str, Any]:
+    """Deps that point outside the repository ('../shared/...') made absolute, so a mirror finds them."""
+    for stage in (dvc_yaml.get("stages") or {}).values():
+        deps = stage.get("deps") or []
+        stage["deps"] = [
+            str((REPO_ROOT / d).resolve()) if isinstance(d, str) and d.startswith("..") else d for d in deps
+        ]
+    return dvc_yaml
+
+
+def prepare_workspace(overrides: dict[str, Any] | None = None, base: Paths | None = None) -> Path:
+    """Create or refresh the workspace for these overrides and return its root. Idempotent."""
+    base = base or Paths()
+    root = workspace_root(overrides, base)
+    if root == REPO_ROOT:
+        return root
+    root.mkdir(parents=True, exist_ok=True)
+    # Code is re-copied every time: DVC hashes content, so an unchanged copy keeps every stage cached.
+    for name in CODE_DIRS:
+        src = REPO_ROOT / name
+        if src.is_dir():
+            shutil.rmtree(root / name, ignore_errors=True)
+            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for name in CODE_FILES:
+        if (REPO_ROOT / name).exists():
+            shutil.copy2(REPO_ROOT / name, root / name)
+    dvc_yaml = _absolute_outside_deps(yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text()) or {})
+    (root / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
+    raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text()) or {}
+    merged = apply_overrides(raw, overrides or {})
+    parse_params(merged)  # a bad override fails here, naming its key, before DVC runs anything
+    params_text = yaml.safe_dump(merged, sort_keys=False)
+    params_path = root / "params.yaml"
+    if not params_path.exists() or params_path.read_text() != params_text:
+        params_path.write_text(params_text)
+    if not (root / ".dvc").is_dir():
+        _dvc(["init", "--no-scm", "--quiet"], cwd=root, env=os.environ.copy())
+        if base.root.resolve() == REPO_ROOT.resolve() and (REPO_ROOT / ".dvc").is_dir():
+            # One cache: outputs a mirror produces are the same objects the repository would store.
+            _dvc(["cache", "dir", "--local", str(REPO_ROOT / ".dvc" / "cache")], cwd=root, env=os.environ.copy())
+    return root
+
+
+def _dvc_executable() -> str:
+    beside = Path(sys.executable).parent / "dvc"
+    return str(beside) if beside.exists() else "dvc"
+
+
+def _dvc(args: list[str], cwd: Path, env: dict[str, str]) -> bool:
+    """Run dvc, streaming its output to the log; raise StageError with the output's tail on failure.
+
+    Returns whether DVC ran any stage's command (False: everything was cached or unchanged).
+    """
+    cmd = [_dvc_executable(), *args]
+    log.info("$ %s   (in %s)", " ".join(cmd), cwd)
+    tail: deque[str] = deque(maxlen=40)
+    ran = False
+    with subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            tail.append(line)
+            ran = ran or line.startswith("Running stage")
+            log.info("%s", line)
+        rc = proc.wait()
+    if rc != 0:
+        raise StageError(f"`dvc {' '.join(args)}` failed (exit {rc}) in {cwd}:\n" + "\n".join(tail))
+    return ran
+
+
+def stage_env(workspace: Path, base: Paths, budget_env: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment of the stage's command: the workspace as HATCHERY_HOME, the base's MLflow store,
+    the venv's python first on PATH (stage cmds say `python -m ...`)."""
+    env = os.environ.copy()
+    env["HATCHERY_HOME"] = str(workspace)
+    env["MLFLOW_TRACKING_URI"] = tracking_uri(base)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    try:
+        env.setdefault("HATCHERY_DATA_DIR", str(datasets_dir()))
+    except FileNotFoundError:
+        pass  # data.<domain>.path may name the data instead; ingest says what is missing
+    env.update(budget_env or {})
+    return env
+
+
+def run_stage(
+    stage: str,
+    overrides: dict[str, Any] | None = None,
+    budget_env: dict[str, str] | None = None,
+    base: Paths | None = None,
+) -> dict[str, Any]:
+    """`dvc repro <stage>` in the run's workspace (upstream stages too, when changed).
+
+    Returns {"stage", "workspace", "ran": bool} — ran is False when DVC found everything cached.
+    """
+    base = base or Paths()
+    root = prepare_workspace(overrides, base)
+    known = stage_names(root)
+    if stage not in known:
+        raise StageError(f"stage {stage!r} is not in {root / 'dvc.yaml'} (stages: {', '.join(known) or 'none'})")
+    ran = _dvc(["repro", stage], cwd=root, env=stage_env(root, base, budget_env))
+    return {"stage": stage, "workspace": str(root), "ran": ran}
+
+
+if __name__ == "__main__":
+    from pipelines.common import configure_logging
+
+    configure_logging()
+    if len(sys.argv) < 2:
+        sys.exit("usage: python -m pipelines.dvc_stage <stage> [dotted.key=yaml_value ...]")
+    extra = dict(arg.split("=", 1) for arg in sys.argv[2:])
+    print(json.dumps(run_stage(sys.argv[1], {k: yaml.safe_load(v) for k, v in extra.items()})))

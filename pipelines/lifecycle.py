@@ -1,0 +1,125 @@
+"""The incubation lifecycle's steps as one-call functions: what each Airflow task body calls.
+
+Every function records its outcome (status, seconds, result or the failure's reason) in the run's
+ledger, <HATCHERY_HOME>/reports/incubation/<run>/stages/<task>.json, which pipelines/report.py
+turns into the run's HTML report; so a failure anywhere is named in the task log (the raised
+error) and in the report. No Airflow import here: the same calls run from a shell.
+
+Outputs of a run live in its workspace (pipelines/dvc_stage.py); MLflow and the ledger stay in
+HATCHERY_HOME.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pipelines.common import Paths, tracking_uri, write_json
+
+log = logging.getLogger(__name__)
+
+
+def run_key(run_id: str | None, charter: str) -> str:
+    """A folder name for one lifecycle run: charter + sanitised Airflow run id."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id or "manual")
+    return f"{charter}__{safe}"
+
+
+def run_dir(run_id: str | None, charter: str, base: Paths | None = None) -> Path:
+    return (base or Paths()).reports / "incubation" / run_key(run_id, charter)
+
+
+@contextlib.contextmanager
+def recorded(run_id: str | None, charter: str, task: str, group: str) -> Iterator[dict[str, Any]]:
+    """Write the task's outcome to the ledger whatever happens; re-raise failures unchanged."""
+    entry: dict[str, Any] = {"task": task, "group": group, "started": time.time()}
+    path = run_dir(run_id, charter) / "stages" / f"{task}.json"
+    try:
+        yield entry
+        entry["status"] = "success"
+    except BaseException as exc:
+        entry["status"] = "failed"
+        entry["reason"] = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        entry["seconds"] = round(time.time() - entry["started"], 1)
+        write_json(path, entry)
+
+
+def _workspace_paths(plan: dict[str, Any]) -> Paths:
+    # The workspace holds this run's outputs; MLflow stays the one store of HATCHERY_HOME.
+    os.environ.setdefault("MLFLOW_TRACKING_URI", tracking_uri(Paths()))
+    return Paths(root=Path(plan["workspace"]))
+
+
+def requirements(charter: str, overrides: dict[str, Any] | None, run_id: str | None) -> dict[str, Any]:
+    """Validate the charter and overrides; the returned plan drives every later task."""
+    from pipelines import requirements as step
+
+    with recorded(run_id, charter, "validate_charter", "requirements") as entry:
+        plan = step.run(charter, overrides or {})
+        entry["result"] = plan
+        write_json(run_dir(run_id, charter) / "plan.json", plan)
+    return plan
+
+
+def dvc_stage(stage: str, plan: dict[str, Any], run_id: str | None, group: str, budget_env: dict | None = None) -> dict:
+    """`dvc repro <stage>` in the plan's workspace (pipelines/dvc_stage.py)."""
+    from pipelines.dvc_stage import run_stage
+
+    with recorded(run_id, plan["charter"], stage, group) as entry:
+        entry["result"] = run_stage(stage, plan["overrides"], budget_env)
+    return entry["result"]
+
+
+def training_plan(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """One item per charter stage, all sharing the budget clock that starts now."""
+    from pipelines.budget import budget_env
+
+    env = budget_env(plan["budget"]["cpu_minutes"], plan["budget"]["gpu_hours"], time.time())
+    return [{"stage": stage, "budget_env": env} for stage in plan["stages"]]
+
+
+def train(item: dict[str, Any], plan: dict[str, Any], run_id: str | None) -> dict:
+    return dvc_stage(item["stage"], plan, run_id, "training", item["budget_env"])
+
+
+def gate(plan: dict[str, Any], run_id: str | None) -> dict:
+    """Challenger vs champion; the gate report is copied beside the run's report."""
+    from pipelines import gate as step
+    from pipelines.requirements import load_charter
+
+    charter = load_charter(plan["charter"])
+    paths = _workspace_paths(plan)
+    with recorded(run_id, plan["charter"], "gate", "validation") as entry:
+        try:
+            report = step.run(charter, paths)
+            entry["result"] = {"passed": True, "reason": report["reason"]}
+        finally:
+            for ext in ("json", "html"):
+                src = paths.reports / "gates" / f"{charter.domain}.{ext}"
+                if src.exists():
+                    (run_dir(run_id, plan["charter"]) / f"gate.{ext}").write_bytes(src.read_bytes())
+    return entry["result"]
+
+
+def package(plan: dict[str, Any], run_id: str | None) -> dict:
+    from pipelines import package as step
+    from pipelines.requirements import load_charter
+
+    with recorded(run_id, plan["charter"], "package", "packaging") as entry:
+        entry["result"] = step.run(load_charter(plan["charter"]), _workspace_paths(plan))
+    return entry["result"]
+
+
+def report(charter: str, run_id: str | None, airflow_url: str | None = None) -> dict:
+    """Write the run's HTML report (always); raise LifecycleFailed when any stage failed or never ran."""
+    from pipelines import report as step
+
+    return step.run(charter, run_id, airflow_url=airflow_url)
