@@ -77,11 +77,14 @@ def load_params(path: Path | str | None = None, overrides: dict[str, Any] | None
 
 
 def datasets_dir(override: str | None = None) -> Path:
-    """The folder of the shared real datasets, or a clear error saying what to set."""
-    candidates = [override, os.environ.get("HATCHERY_DATA_DIR"), str(REPO_ROOT.parent / "shared" / "datasets")]
+    """The folder of the shared real datasets, or a clear error saying what to set.
+
+    Precedence: the params path (data.<domain>.path), then HATCHERY_DATA_DIR, then ../shared/datasets.
+    """
+    candidates = [override] if override else [os.environ.get("HATCHERY_DATA_DIR"), str(REPO_ROOT.parent / "shared" / "datasets")]
     for c in candidates:
-        if c and Path(c).is_dir():
-            return Path(c)
+        if c and Path(c).expanduser().is_dir():
+            return Path(c).expanduser()
     raise FileNotFoundError(
         "real datasets not found: set HATCHERY_DATA_DIR to the folder holding homedepot/train.csv.zip "
         "and online_retail/online_retail.parquet (tried: "

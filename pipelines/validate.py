@@ -50,10 +50,12 @@ def run_checks(checked: list[contracts.CheckedFrame], report_dir: Path, sample_r
     Returns the machine-readable result: {"success": bool, "suites": {name: {...}}, "failures": [...]}.
     """
     import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
 
     report_dir = Path(report_dir)
     with staged_dir(report_dir) as out:
         ctx = gx.get_context(mode="ephemeral")
+        ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
         ctx.add_data_docs_site(
             site_name="hatchery",
             site_config={

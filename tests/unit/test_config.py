@@ -1,0 +1,35 @@
+import pytest
+
+from components.config import ParamsError, apply_overrides, parse_params
+from pipelines.common import REPO_ROOT, load_params
+
+
+def test_repository_params_parse():
+    params = load_params(REPO_ROOT / "params.yaml")
+    assert params.data.search.source == "homedepot"
+
+
+def test_unknown_key_is_named_by_its_path():
+    with pytest.raises(ParamsError, match=r"data\.search\.paht: unknown key"):
+        parse_params({"data": {"search": {"source": "homedepot", "paht": "/x"}}})
+
+
+def test_canonical_source_requires_a_path():
+    with pytest.raises(ParamsError, match="needs 'path'"):
+        parse_params({"data": {"search": {"source": "canonical"}}})
+
+
+def test_overlapping_split_buckets_are_rejected():
+    with pytest.raises(ParamsError, match="overlap"):
+        parse_params({"split": {"search_valid_buckets": [9], "search_test_buckets": [9]}})
+
+
+def test_params_are_frozen():
+    params = parse_params({})
+    with pytest.raises(Exception):
+        params.seed = 3
+
+
+def test_dotted_overrides():
+    raw = apply_overrides({"data": {"search": {"source": "homedepot"}}}, {"data.search.path": "/tmp/x", "seed": 4})
+    assert raw == {"data": {"search": {"source": "homedepot", "path": "/tmp/x"}}, "seed": 4}
