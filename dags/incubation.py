@@ -59,7 +59,7 @@ def _airflow_url(run_id: str) -> str:
     doc_md=__doc__,
 )
 def incubation():
-    # Deterministic decisions (a bad charter, a failed gate) fail the same way twice: no retries there.
+    # Deterministic decisions (a bad charter, a failed gate, the run verdict) fail the same way twice: no retries.
     @task(retries=0)
     def validate_charter(params=None, run_id=None) -> dict:
         return _lifecycle().requirements(params["charter"], params["overrides"], run_id)
@@ -93,7 +93,7 @@ def incubation():
     def package(plan: dict, run_id=None) -> dict:
         return _lifecycle().package(plan, run_id)
 
-    @task(trigger_rule="all_done", retries=1)
+    @task(trigger_rule="all_done", retries=0)
     def report(params=None, run_id=None) -> dict:
         return _lifecycle().report(params["charter"], run_id, _airflow_url(run_id))
 
