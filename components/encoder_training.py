@@ -1,0 +1,234 @@
+"""Contrastive fine-tuning of the two-tower text encoder on graded query-product judgments.
+
+Loss: softmax cross-entropy of each query against a shared candidate set per step (every judged
+product of the batch = in-batch negatives for the other queries, plus per-query hard negatives
+mined from BM25's top results, plus optional random catalog products), with a *soft* target that
+spreads each query's probability over its judged products in proportion to their gain
+(relevance - 1): graded labels shape the target instead of being binarised.
+
+Two product-tower modes:
+- frozen (CPU profile): products keep their cached pretrained embeddings and pass through a trained
+  linear adapter (dim x dim, identity at start); only the query tower is fine-tuned. Scoring the
+  whole catalog afterwards is one matrix product instead of a 5-minute encoder pass.
+- shared (GPU profile): one transformer encodes queries and product titles and is trained end to end.
+
+Data parallel: with rank/world > 1 (torchrun), each rank takes a slice of every batch and gradients
+are averaged with all_reduce before each optimizer step, as DDP does.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from components import schema as s
+from components.bm25 import BM25Index, top_k
+from components.encoder import embed_batch
+
+
+@dataclass(frozen=True)
+class TrainingQuery:
+    """One training query: its text, judged products (catalog indices) with gains, and negatives."""
+
+    text: str
+    products: np.ndarray  # (m,) int64 judged products
+    gains: np.ndarray  # (m,) float32, relevance - 1
+    negatives: np.ndarray  # (h,) int64 hard negatives (unjudged)
+
+
+def in_ranker_fold(query_ids: Sequence[str], fraction: float, seed: int) -> np.ndarray:
+    """Bool mask: True for train queries held out from the encoder and the priors (the ranker's rows).
+
+    A salted md5 of the query id decides, so the assignment is stable across steps and runs.
+    """
+    import hashlib
+
+    def u(q: str) -> float:
+        return int(hashlib.md5(f"{seed}:{q}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+
+    return np.array([u(str(q)) < fraction for q in query_ids], dtype=bool)
+
+
+def build_training_queries(judgments: pd.DataFrame, product_index: dict[str, int], bm25: BM25Index,
+                           hard_negatives: int, pool: int, seed: int) -> list[TrainingQuery]:
+    """One TrainingQuery per query with at least one positive-gain judged product in the catalog.
+
+    Hard negatives: `hard_negatives` products drawn (seeded) from BM25's top `pool` for the query,
+    excluding every judged product (unjudged products count as gain 0, as in the evaluation).
+    """
+    rng = np.random.default_rng(seed)
+    out = []
+    for (_, text), grp in judgments.groupby([s.QUERY_ID, s.QUERY], sort=True):
+        keep = grp[s.PRODUCT_ID].astype(str).isin(product_index)
+        grp = grp[keep]
+        gains = (grp[s.RELEVANCE].to_numpy(dtype=np.float32) - 1.0)
+        if len(grp) == 0 or gains.max() <= 0:
+            continue
+        prods = np.array([product_index[p] for p in grp[s.PRODUCT_ID].astype(str)], dtype=np.int64)
+        negs = np.zeros(0, dtype=np.int64)
+        if hard_negatives > 0:
+            scores = bm25.score(text)
+            top = top_k(scores, pool)
+            top = top[(scores[top] > 0) & ~np.isin(top, prods)]
+            negs = rng.choice(top, size=min(hard_negatives, len(top)), replace=False) if len(top) else negs
+        out.append(TrainingQuery(str(text), prods, gains, np.asarray(negs, dtype=np.int64)))
+    return out
+
+
+class ProductAdapter(torch.nn.Module):
+    """Linear map on frozen product embeddings, identity at start (so step 0 = zero-shot)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.eye(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(x @ self.weight, dim=-1)
+
+
+def apply_adapter(embeddings: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Adapted, re-normalised product embeddings: (n, dim) float32 (the serving-time product tower)."""
+    out = embeddings.astype(np.float32) @ weight.astype(np.float32)
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """What one fine-tuning run does (the pipeline maps params.yaml's active profile onto it)."""
+
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    warmup_fraction: float
+    temperature: float
+    random_negatives: int
+    train_product_tower: bool
+    query_max_length: int
+    title_max_length: int
+    max_steps: int | None = None
+    checkpoint_every: int = 200
+    adapter_learning_rate: float = 1e-3  # the adapter starts at identity and needs larger steps than the transformer
+
+
+def total_steps(n_queries: int, cfg: FinetuneConfig) -> int:
+    steps = cfg.epochs * math.ceil(n_queries / cfg.batch_size)
+    return min(steps, cfg.max_steps) if cfg.max_steps else steps
+
+
+def soft_contrastive_loss(q: torch.Tensor, p: torch.Tensor, target: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Mean over queries of -Σ_j t_ij log softmax(q_i·p_j / τ) with t_i = gains normalised to sum 1.
+
+    q: (b, dim), p: (c, dim) unit rows; target: (b, c) non-negative gains, each row with a positive sum.
+    """
+    logp = torch.log_softmax(q @ p.T / temperature, dim=1)
+    t = target / target.sum(dim=1, keepdim=True)
+    return -(t * logp).sum(dim=1).mean()
+
+
+def finetune_encoder(
+    model,
+    tokenizer,
+    queries: Sequence[TrainingQuery],
+    product_texts: Sequence[str],
+    frozen_embeddings: np.ndarray | None,
+    cfg: FinetuneConfig,
+    device: torch.device,
+    seed: int,
+    resume: dict | None = None,
+    save_checkpoint: Callable[[dict], None] | None = None,
+    progress: bool = True,
+    rank: int = 0,
+    world: int = 1,
+) -> tuple[object, np.ndarray | None, list[dict]]:
+    """Fine-tune in place; returns (model, adapter weight (dim, dim) or None, per-step history).
+
+    frozen_embeddings: (n_products, dim) pretrained product embeddings for the frozen-tower mode,
+    None for the shared-tower mode. resume: a checkpoint dict previously given to save_checkpoint
+    ({"step", "model", "adapter", "optimizer"}); training continues at the next step and, with the
+    same seed, follows the same batches as an uninterrupted run.
+    """
+    from transformers import get_linear_schedule_with_warmup
+
+    torch.manual_seed(seed)
+    model.to(device).train()
+    frozen = frozen_embeddings is not None and not cfg.train_product_tower
+    dim = model.config.hidden_size
+    adapter = ProductAdapter(dim).to(device) if frozen else None
+    base = torch.from_numpy(np.ascontiguousarray(frozen_embeddings, dtype=np.float32)).to(device) if frozen else None
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.learning_rate}]
+    if adapter is not None:
+        groups.append({"params": list(adapter.parameters()), "lr": cfg.adapter_learning_rate})
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.01)
+    steps = total_steps(len(queries), cfg)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_fraction * steps), max(steps, 1))
+    start_step = 0
+    if resume:
+        model.load_state_dict(resume["model"])
+        if adapter is not None and resume.get("adapter") is not None:
+            adapter.weight.data.copy_(resume["adapter"].to(device))
+        optimizer.load_state_dict(resume["optimizer"])
+        start_step = int(resume["step"])
+        for _ in range(start_step):
+            scheduler.step()
+    n_products = len(product_texts)
+    per_epoch = math.ceil(len(queries) / cfg.batch_size)
+    history: list[dict] = []
+    bar = None
+    if progress and rank == 0:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, initial=start_step, desc="fine-tune", unit="step")
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    tick, seen = time.perf_counter(), 0
+    for step in range(start_step, steps):
+        epoch, b = divmod(step, per_epoch)
+        perm = np.random.default_rng([seed, epoch]).permutation(len(queries))
+        batch = [queries[i] for i in perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]][rank::world]
+        step_rng = np.random.default_rng([seed, 1_000_003, step])
+        pools = [np.concatenate([tq.products, tq.negatives]) for tq in batch]
+        if cfg.random_negatives:
+            pools.append(step_rng.choice(n_products, size=min(cfg.random_negatives, n_products), replace=False))
+        cand = np.unique(np.concatenate(pools)) if pools else np.zeros(0, np.int64)
+        col = {c: j for j, c in enumerate(cand.tolist())}
+        target = torch.zeros((len(batch), len(cand)), device=device)
+        for i, tq in enumerate(batch):
+            target[i, [col[c] for c in tq.products.tolist()]] = torch.from_numpy(np.maximum(tq.gains, 0)).to(device)
+        q = embed_batch(model, tokenizer, [tq.text for tq in batch], cfg.query_max_length, device)
+        if frozen:
+            p = adapter(base[torch.from_numpy(cand).to(device)])
+        else:
+            p = embed_batch(model, tokenizer, [product_texts[c] for c in cand], cfg.title_max_length, device)
+        loss = soft_contrastive_loss(q, p, target, cfg.temperature)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if world > 1:
+            import torch.distributed as dist
+
+            for prm in params:
+                if prm.grad is not None:
+                    dist.all_reduce(prm.grad)
+                    prm.grad /= world
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        seen += len(batch)
+        history.append({"step": step + 1, "loss": float(loss.detach()), "candidates": int(len(cand))})
+        if bar is not None:
+            rate = seen * world / max(time.perf_counter() - tick, 1e-9)
+            bar.set_postfix(loss=f"{float(loss):.3f}", queries_per_s=f"{rate:.0f}")
+            bar.update(1)
+        if save_checkpoint is not None and rank == 0 and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < steps:
+            save_checkpoint({"step": step + 1, "model": model.state_dict(),
+                             "adapter": adapter.weight.detach().cpu() if adapter is not None else None,
+                             "optimizer": optimizer.state_dict()})
+    if bar is not None:
+        bar.close()
+    model.eval()
+    weight = adapter.weight.detach().cpu().numpy() if adapter is not None else None
+    return model, weight, history

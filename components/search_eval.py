@@ -1,0 +1,110 @@
+"""EVALUATION.md's search metrics per query, their summaries with bootstrap intervals, and slices.
+
+Per-query arrays are returned (NaN where the protocol skips a query) so the gates can run paired
+tests over the same queries; summaries use components.metrics only.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from components import schema as s
+from components.bm25 import tokenize
+from components.metrics import expected_random_ndcg_at_k, ndcg_at_k, recall_at_k, rerank_order, summarize
+
+NDCG_K = 10
+RECALL_K = 100
+RELEVANT_AT = 2.5  # EVALUATION.md: relevant for Recall@100 means relevance >= 2.5
+HEAD_MIN_QUERIES = 20  # a query is "head" when its rarest token occurs in at least this many train queries
+
+
+def judged_gains(judgments: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """query_id -> {product_id: gain = relevance - 1}."""
+    gain = judgments[s.RELEVANCE].astype(float) - 1.0
+    out: dict[str, dict[str, float]] = {}
+    for q, p, g in zip(judgments[s.QUERY_ID].astype(str), judgments[s.PRODUCT_ID].astype(str), gain):
+        out.setdefault(q, {})[p] = float(g)
+    return out
+
+
+def relevant_sets(gains: Mapping[str, Mapping[str, float]]) -> dict[str, set[str]]:
+    """query_id -> products with relevance >= 2.5 (gain >= 1.5)."""
+    return {q: {p for p, g in pg.items() if g + 1.0 >= RELEVANT_AT} for q, pg in gains.items()}
+
+
+def full_catalog_metrics(query_ids: Sequence[str], rankings: Sequence[Sequence[str]],
+                         gains: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
+    """Per query: ndcg_at_10 and recall_at_100 of a full-catalog ranking (product ids best first).
+
+    A ranking needs at least its top 100; NaN where the protocol skips the query.
+    """
+    relevant = relevant_sets(gains)
+    rows = []
+    for q, ranked in zip(query_ids, rankings):
+        g = gains.get(q, {})
+        rows.append({"ndcg_at_10": ndcg_at_k(ranked, g, NDCG_K), "recall_at_100": recall_at_k(ranked, relevant.get(q, set()), RECALL_K)})
+    return pd.DataFrame(rows, index=pd.Index(list(query_ids), name=s.QUERY_ID))
+
+
+def rerank_ndcg(query_ids: Sequence[str], judged_scores: Sequence[Mapping[str, float]],
+                gains: Mapping[str, Mapping[str, float]]) -> np.ndarray:
+    """Re-rank NDCG@10: each query's judged products ordered by score, ties by product id ascending."""
+    out = []
+    for q, sc in zip(query_ids, judged_scores):
+        g = gains.get(q, {})
+        pids = sorted(g)
+        order = rerank_order(pids, [float(sc.get(p, 0.0)) for p in pids])
+        out.append(ndcg_at_k(order, g, NDCG_K))
+    return np.asarray(out, dtype=float)
+
+
+def random_rerank_ndcg(query_ids: Sequence[str], gains: Mapping[str, Mapping[str, float]]) -> np.ndarray:
+    """Exact expected re-rank NDCG@10 of a random order, per query."""
+    return np.asarray([expected_random_ndcg_at_k(list(gains.get(q, {}).values()), NDCG_K) for q in query_ids])
+
+
+def summarize_metrics(columns: Mapping[str, Sequence[float]], resamples: int = 1000, seed: int = 0) -> dict:
+    """{name: mean, name_ci: [lo, hi], name_n: units} for each per-query column (NaNs skipped)."""
+    out: dict = {}
+    for name, values in columns.items():
+        mean, ci, n = summarize(values, resamples, seed)
+        out[name] = round(mean, 4) if not np.isnan(mean) else None
+        out[f"{name}_ci"] = [round(ci[0], 4), round(ci[1], 4)] if not np.isnan(ci[0]) else None
+        out[f"{name}_n"] = n
+    return out
+
+
+def query_length_bucket(query: str) -> str:
+    """'1', '2', '3' or '4+' words (whitespace-separated, after normalisation)."""
+    n = len(str(query).split())
+    return "4+" if n >= 4 else str(max(n, 1))
+
+
+def token_query_counts(train_queries: Sequence[str]) -> Counter:
+    """Document frequency of each BM25 token over the distinct train queries."""
+    counts: Counter = Counter()
+    for q in set(train_queries):
+        counts.update(set(tokenize(q)))
+    return counts
+
+
+def head_or_tail(query: str, counts: Counter, min_queries: int = HEAD_MIN_QUERIES) -> str:
+    """'head' if every token of the query occurs in >= min_queries train queries, else 'tail'.
+
+    Defined on the rarest token because one unseen word (a model number, a typo) is what makes a
+    query hard; a query with no token at all is 'tail'.
+    """
+    toks = set(tokenize(query))
+    return "head" if toks and min(counts.get(t, 0) for t in toks) >= min_queries else "tail"
+
+
+def slice_means(per_query: pd.DataFrame, slice_col: str, metric_cols: Sequence[str]) -> pd.DataFrame:
+    """Mean of each metric column per slice value (NaNs skipped), plus the number of queries."""
+    grouped = per_query.groupby(slice_col, observed=True)
+    out = grouped[list(metric_cols)].mean()
+    out["queries"] = grouped.size()
+    return out

@@ -1,0 +1,157 @@
+"""Features of (query, candidate product) pairs for the search ranker, and the train-split priors.
+
+Every feature is computed by these functions both when the ranker is trained and when the service
+answers a query, so there is no train/serve skew. Product priors and query-expanded product text
+come from TRAIN judgments only; for the ranker's own training rows they are computed out of fold
+(from train queries the ranker does not learn on), so a row never sees its own label.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from components import schema as s
+from components.bm25 import tokenize
+
+FEATURE_NAMES: tuple[str, ...] = (
+    "bm25",  # title BM25 (EVALUATION.md's baseline score)
+    "bm25_rel",  # bm25 / the query's best bm25 over the catalog (0..1)
+    "bm25_expanded",  # BM25 over title + train queries judged relevant for the product
+    "bm25_expanded_rel",
+    "dense",  # cosine of the fine-tuned query and product embeddings
+    "dense_gap",  # dense - the query's best dense score over the catalog (<= 0, up to ANN error)
+    "query_tokens",
+    "title_tokens",
+    "overlap",  # share of query tokens found in the title (0..1)
+    "all_tokens_match",  # 1 if every query token is in the title
+    "last_token_match",  # the query's last token (usually the product type) is in the title
+    "numeric_overlap",  # share of the query's number tokens in the title; NaN if it has none
+    "prior_count",  # train judgments of the product (out of fold for ranker rows)
+    "prior_mean_gain",  # mean gain (relevance - 1) of those judgments; NaN if none
+    "prior_max_gain",
+    "price",  # product attribute where present, else NaN
+)
+
+
+@dataclass(frozen=True)
+class ProductPriors:
+    """Per-product statistics of train judgments, aligned with the catalog order."""
+
+    count: np.ndarray  # (n,) float32
+    mean_gain: np.ndarray  # (n,) float32, NaN where count == 0
+    max_gain: np.ndarray  # (n,) float32, NaN where count == 0
+
+    @classmethod
+    def empty(cls, n: int) -> ProductPriors:
+        nan = np.full(n, np.nan, dtype=np.float32)
+        return cls(np.zeros(n, dtype=np.float32), nan, nan.copy())
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {"count": self.count, "mean_gain": self.mean_gain, "max_gain": self.max_gain}
+
+
+def product_priors(judgments: pd.DataFrame, product_ids: Sequence[str]) -> ProductPriors:
+    """Count, mean and max gain of each catalog product's judgments (products not judged: 0, NaN, NaN)."""
+    n = len(product_ids)
+    priors = ProductPriors.empty(n)
+    if judgments.empty:
+        return priors
+    pos = pd.Series(np.arange(n), index=pd.Index(pd.Series(product_ids, dtype=str)))
+    gain = judgments[s.RELEVANCE].astype(float) - 1.0
+    stats = gain.groupby(judgments[s.PRODUCT_ID].astype(str)).agg(["count", "mean", "max"])
+    stats = stats[stats.index.isin(pos.index)]
+    idx = pos.loc[stats.index].to_numpy()
+    priors.count[idx] = stats["count"].to_numpy()
+    priors.mean_gain[idx] = stats["mean"].to_numpy()
+    priors.max_gain[idx] = stats["max"].to_numpy()
+    return priors
+
+
+def expanded_texts(titles: Sequence[str], product_ids: Sequence[str], judgments: pd.DataFrame,
+                   min_relevance: float) -> list[str]:
+    """Each title followed by the train queries that judged the product at >= min_relevance (doc2query-style)."""
+    good = judgments[judgments[s.RELEVANCE] >= min_relevance]
+    extra = good.groupby(good[s.PRODUCT_ID].astype(str))[s.QUERY].agg(" ".join)
+    return [f"{t or ''} {extra.get(str(p), '')}".strip() for t, p in zip(titles, product_ids)]
+
+
+def title_token_sets(titles: Sequence[str]) -> list[frozenset[str]]:
+    return [frozenset(tokenize(t)) for t in titles]
+
+
+def pair_features(
+    query: str,
+    cand: np.ndarray,
+    bm25: np.ndarray,
+    bm25_expanded: np.ndarray,
+    dense: np.ndarray,
+    dense_best: float,
+    token_sets: Sequence[frozenset[str]],
+    title_lengths: np.ndarray,
+    priors: ProductPriors,
+    price: np.ndarray | None,
+) -> np.ndarray:
+    """Feature matrix (len(cand), len(FEATURE_NAMES)) float32 for one query's candidates.
+
+    bm25 and bm25_expanded are the query's scores over the WHOLE catalog (for the relative features);
+    dense holds the cosines of the candidates only, in cand order; dense_best is the query's top
+    cosine over the catalog (a per-query constant, so a pair's features never depend on which
+    other products are scored with it).
+    """
+    m = len(cand)
+    x = np.zeros((m, len(FEATURE_NAMES)), dtype=np.float32)
+    if m == 0:
+        return x
+    qt = tokenize(query)
+    qset = set(qt)
+    numbers = {t for t in qset if any(c.isdigit() for c in t)}
+    b, bx = bm25[cand], bm25_expanded[cand]
+    x[:, 0] = b
+    x[:, 1] = b / bm25.max() if bm25.max() > 0 else 0.0
+    x[:, 2] = bx
+    x[:, 3] = bx / bm25_expanded.max() if bm25_expanded.max() > 0 else 0.0
+    x[:, 4] = dense
+    x[:, 5] = dense - dense_best
+    x[:, 6] = len(qt)
+    x[:, 7] = title_lengths[cand]
+    for r, c in enumerate(cand):
+        ts = token_sets[c]
+        hit = len(qset & ts)
+        x[r, 8] = hit / len(qset) if qset else 0.0
+        x[r, 9] = float(bool(qset) and hit == len(qset))
+        x[r, 10] = float(bool(qt) and qt[-1] in ts)
+        x[r, 11] = len(numbers & ts) / len(numbers) if numbers else np.nan
+    x[:, 12] = priors.count[cand]
+    x[:, 13] = priors.mean_gain[cand]
+    x[:, 14] = priors.max_gain[cand]
+    x[:, 15] = price[cand] if price is not None else np.nan
+    return x
+
+
+def rrf_merge(rankings: Sequence[np.ndarray], k: int = 60) -> tuple[np.ndarray, np.ndarray]:
+    """Reciprocal-rank fusion: (ids best first, fused scores) over the union of the rankings.
+
+    score(d) = Σ_r 1 / (k + rank_r(d)), ranks from 1; ties by id ascending.
+    """
+    fused: dict[int, float] = {}
+    for ranking in rankings:
+        for rank, d in enumerate(np.asarray(ranking).tolist(), start=1):
+            fused[d] = fused.get(d, 0.0) + 1.0 / (k + rank)
+    if not fused:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
+    items = sorted(fused.items(), key=lambda t: (-t[1], t[0]))
+    return np.array([i for i, _ in items], dtype=np.int64), np.array([v for _, v in items])
+
+
+def gains_to_labels(gain: np.ndarray, levels: int) -> np.ndarray:
+    """Continuous gains 0..2 -> integer grades 0..levels-1 (LightGBM needs integers)."""
+    return np.clip(np.rint(np.asarray(gain, dtype=float) * (levels - 1) / 2.0), 0, levels - 1).astype(np.int32)
+
+
+def linear_label_gain(levels: int) -> tuple[float, ...]:
+    """LightGBM label_gain making grade g worth its gain 2g/(levels-1): linear, as EVALUATION.md."""
+    return tuple(2.0 * g / (levels - 1) for g in range(levels))

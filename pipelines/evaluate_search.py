@@ -1,0 +1,219 @@
+"""evaluate_search: EVALUATION.md's search metrics on TEST for every model and baseline, side by side.
+
+Models (names as in metrics/search.json):
+  random               re-rank only: the exact expected NDCG@10 of a random order of judged products
+  bm25                 title BM25, k1 = 1.2, b = 0.75 (EVALUATION.md's baseline)
+  zero_shot            the pretrained encoder, exact cosine search over its cached catalog embeddings
+  rrf_bm25_zero_shot   reciprocal-rank fusion (k = rrf_k) of the two baselines' full rankings
+  fine_tuned           the fine-tuned two-tower encoder alone, exact cosine search
+  hybrid_ranker        the bundle's SearchModel: hybrid candidates + LightGBM re-rank (primary)
+
+Outputs:
+  metrics/search.json                 {"primary": ..., "models": {name: {ndcg_at_10, _ci, recall_at_100, ...}}}
+  models/search/eval/per_query.parquet  per test query: slices and <model>__<metric> (NaN where skipped)
+  models/search/eval/*.png, slices.json plots and slice means (also MLflow artifacts)
+
+Slices: query_length "1", "2", "3", "4+" words; head_tail "head" when every token of the query occurs
+in at least 20 distinct train queries, else "tail" (components.search_eval.head_or_tail).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from components import schema as s
+from components.config import Params
+from pipelines.common import Paths, load_params, mlflow_run, staged_dir, write_json
+
+log = logging.getLogger(__name__)
+
+STEP = "evaluate_search"
+PRIMARY = "hybrid_ranker"
+METRICS = ("ndcg_at_10", "recall_at_100", "rerank_ndcg_at_10")
+
+
+def eval_dir(paths: Paths) -> Path:
+    return paths.models / "search" / "eval"
+
+
+def _full_ranking(scores: np.ndarray, k: int = 100) -> np.ndarray:
+    from components.bm25 import top_k
+
+    return top_k(scores, k)
+
+
+def _ranks(scores: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """1-based rank of each idx in a full-catalog score vector (ties share the better rank)."""
+    srt = np.sort(-scores)
+    return np.searchsorted(srt, -scores[idx], side="left") + 1
+
+
+def run(params: Params, paths: Paths) -> dict:
+    from components.encoder import encode_texts, load_encoder
+    from components.search_eval import (
+        full_catalog_metrics,
+        head_or_tail,
+        judged_gains,
+        query_length_bucket,
+        random_rerank_ndcg,
+        rerank_ndcg,
+        summarize_metrics,
+        token_query_counts,
+    )
+    from pipelines.embed_catalog import out_dir as zero_shot_dir
+    from pipelines.search_bundle import load_search_bundle
+    from pipelines.train_ranker import bundle_dir
+
+    sp = params.search
+    test = pd.read_parquet(paths.split / "search" / "test.parquet")
+    train = pd.read_parquet(paths.split / "search" / "train.parquet")
+    model = load_search_bundle(bundle_dir(paths))
+    pid = model.product_ids.astype(str)
+    pos = {p: i for i, p in enumerate(pid)}
+    gains = judged_gains(test)
+    qframe = test.groupby(s.QUERY_ID, sort=True)[s.QUERY].first()
+    qids, texts = qframe.index.astype(str).tolist(), qframe.astype(str).tolist()
+    judged_idx = [np.array([pos[p] for p in sorted(gains[q]) if p in pos], dtype=np.int64) for q in qids]
+    judged_pid = [pid[j] for j in judged_idx]
+
+    inputs = [paths.split / "search", bundle_dir(paths), zero_shot_dir(paths)]
+    with mlflow_run(STEP, params, paths, inputs=inputs, sections=("search",)):
+        import mlflow
+
+        timings: dict[str, float] = {}
+        rankings: dict[str, list] = {}
+        judged_scores: dict[str, list] = {}
+
+        start = time.perf_counter()
+        zs_emb = np.load(zero_shot_dir(paths) / "embeddings.npy")
+        zs_model, zs_tok = load_encoder(sp.encoder)
+        zs_q = encode_texts(zs_model, zs_tok, texts, 256, sp.query_max_length)
+        ft_q = model.encode_queries(texts)
+        rankings.update(bm25=[], zero_shot=[], rrf_bm25_zero_shot=[], fine_tuned=[])
+        judged_scores.update(bm25=[], zero_shot=[], rrf_bm25_zero_shot=[], fine_tuned=[])
+        for i, q in enumerate(texts):
+            j = judged_idx[i]
+            bm = model.bm25.score(q)
+            zs = zs_emb @ zs_q[i]
+            ft = model.embeddings @ ft_q[i]
+            for name, sc in (("bm25", bm), ("zero_shot", zs), ("fine_tuned", ft)):
+                rankings[name].append(pid[_full_ranking(sc)])
+                judged_scores[name].append(dict(zip(judged_pid[i], sc[j].tolist())))
+            rrf = 1.0 / (sp.rrf_k + _ranks(bm, np.arange(len(bm)))) + 1.0 / (sp.rrf_k + _ranks(zs, np.arange(len(zs))))
+            rankings["rrf_bm25_zero_shot"].append(pid[_full_ranking(rrf)])
+            judged_scores["rrf_bm25_zero_shot"].append(dict(zip(judged_pid[i], rrf[j].tolist())))
+        timings["baselines_seconds"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        ranked = model.rank_queries(texts, k=100, q_embs=ft_q)
+        rankings[PRIMARY] = [pid[idx] for idx, _ in ranked]
+        judged_scores[PRIMARY] = [
+            dict(zip(judged_pid[i], model.score_products(q, judged_idx[i], ft_q[i]).tolist())) for i, q in enumerate(texts)
+        ]
+        timings["hybrid_ranker_seconds"] = time.perf_counter() - start
+
+        counts = token_query_counts(train[s.QUERY].astype(str).tolist())
+        per_query = pd.DataFrame({s.QUERY_ID: qids, s.QUERY: texts,
+                                  "query_length": [query_length_bucket(q) for q in texts],
+                                  "head_tail": [head_or_tail(q, counts) for q in texts]})
+        summary: dict[str, dict] = {}
+        rnd = random_rerank_ndcg(qids, gains)
+        per_query["random__rerank_ndcg_at_10"] = rnd
+        summary["random"] = {"ndcg_at_10": None, "ndcg_at_10_ci": None, "recall_at_100": None, "recall_at_100_ci": None,
+                             **summarize_metrics({"rerank_ndcg_at_10": rnd}, sp.bootstrap_resamples, sp.eval_seed)}
+        for name in ("bm25", "zero_shot", "rrf_bm25_zero_shot", "fine_tuned", PRIMARY):
+            full = full_catalog_metrics(qids, rankings[name], gains)
+            rr = rerank_ndcg(qids, judged_scores[name], gains)
+            per_query[f"{name}__ndcg_at_10"] = full["ndcg_at_10"].to_numpy()
+            per_query[f"{name}__recall_at_100"] = full["recall_at_100"].to_numpy()
+            per_query[f"{name}__rerank_ndcg_at_10"] = rr
+            summary[name] = summarize_metrics(
+                {"ndcg_at_10": full["ndcg_at_10"], "recall_at_100": full["recall_at_100"], "rerank_ndcg_at_10": rr},
+                sp.bootstrap_resamples, sp.eval_seed)
+        slices = {col: _slice_table(per_query, col, list(summary)) for col in ("query_length", "head_tail")}
+        report = {"primary": PRIMARY, "test_queries": len(qids), "models": summary,
+                  "targets": {"ndcg_at_10": 0.43, "recall_at_100": 0.85},
+                  "timings_seconds": {k: round(v, 1) for k, v in timings.items()}}
+        write_json(paths.metrics / "search.json", report)
+        with staged_dir(eval_dir(paths)) as out:
+            per_query.to_parquet(out / "per_query.parquet", index=False)
+            write_json(out / "slices.json", slices)
+            _plot_models(summary, out / "metrics_by_model.png")
+            _plot_slices(slices, out / "metrics_by_slice.png")
+        for name, m in summary.items():
+            mlflow.log_metrics({f"{name}.{k}": v for k, v in m.items() if isinstance(v, int | float) and not k.endswith("_n")})
+        mlflow.log_artifacts(str(eval_dir(paths)), artifact_path="eval")
+        mlflow.log_metrics(timings)
+        for name in summary:
+            m = summary[name]
+            log.info("%-20s ndcg@10 %s %s  recall@100 %s %s  rerank %s %s", name, m["ndcg_at_10"], m["ndcg_at_10_ci"],
+                     m["recall_at_100"], m["recall_at_100_ci"], m["rerank_ndcg_at_10"], m["rerank_ndcg_at_10_ci"])
+    return report
+
+
+def _slice_table(per_query: pd.DataFrame, col: str, models: list[str]) -> dict:
+    out: dict = {}
+    for value, grp in per_query.groupby(col, sort=True):
+        row = {"queries": int(len(grp))}
+        for m in models:
+            for metric in ("ndcg_at_10", "recall_at_100"):
+                c = f"{m}__{metric}"
+                if c in grp:
+                    row[c] = round(float(grp[c].mean()), 4) if grp[c].notna().any() else None
+        out[str(value)] = row
+    return out
+
+
+def _plot_models(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, metric in zip(axes, METRICS):
+        names = [n for n in summary if summary[n].get(metric) is not None]
+        vals = [summary[n][metric] for n in names]
+        lo = [v - summary[n][f"{metric}_ci"][0] for n, v in zip(names, vals)]
+        hi = [summary[n][f"{metric}_ci"][1] - v for n, v in zip(names, vals)]
+        ax.barh(names, vals, xerr=[lo, hi], capsize=3, color="#4C72B0")
+        ax.set_title(f"{metric} (95% bootstrap CI)")
+        ax.set_xlim(min(vals) * 0.9 if metric.startswith("rerank") else 0, min(1.0, max(vals) * 1.1))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _plot_slices(slices: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4))
+    for ax, (col, table) in zip(axes, slices.items()):
+        values = list(table)
+        models = sorted({c.split("__")[0] for row in table.values() for c in row if c.endswith("__ndcg_at_10")})
+        width = 0.8 / max(len(models), 1)
+        for i, m in enumerate(models):
+            ys = [table[v].get(f"{m}__ndcg_at_10") or 0.0 for v in values]
+            ax.bar(np.arange(len(values)) + i * width, ys, width, label=m)
+        ax.set_xticks(np.arange(len(values)) + 0.4 - width / 2)
+        ax.set_xticklabels([f"{v}\n(n={table[v]['queries']})" for v in values])
+        ax.set_title(f"full-catalog NDCG@10 by {col}")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    from pipelines.common import configure_logging
+
+    configure_logging()
+    run(load_params(), Paths())

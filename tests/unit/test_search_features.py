@@ -1,0 +1,100 @@
+"""Ranker features, train-split priors, query expansion, RRF and label mapping."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from components import schema as s
+from components.bm25 import fit_bm25
+from components.search_features import (
+    FEATURE_NAMES,
+    ProductPriors,
+    expanded_texts,
+    gains_to_labels,
+    linear_label_gain,
+    pair_features,
+    product_priors,
+    rrf_merge,
+    title_token_sets,
+)
+
+
+@pytest.fixture
+def catalog() -> pd.DataFrame:
+    return pd.DataFrame({s.PRODUCT_ID: ["p1", "p2", "p3", "p4"],
+                         s.TITLE: ["cordless drill 18v", "drill bit set", "garden hose 50 ft", ""]})
+
+
+@pytest.fixture
+def judgments() -> pd.DataFrame:
+    return pd.DataFrame({s.QUERY_ID: ["q1", "q1", "q2"], s.QUERY: ["power drill", "power drill", "water hose"],
+                         s.PRODUCT_ID: ["p1", "p2", "p3"], s.RELEVANCE: [3.0, 1.0, 2.5]})
+
+
+def _features(catalog, query, cand, priors=None, dense=None):
+    titles = catalog[s.TITLE].tolist()
+    bm = fit_bm25(titles).score(query)
+    dense = np.zeros(len(cand), dtype=np.float32) if dense is None else dense
+    lengths = np.array([len(t.split()) for t in titles], dtype=np.float32)
+    return pair_features(query, np.asarray(cand), bm, bm, dense, float(dense.max()) if len(dense) else 0.0,
+                         title_token_sets(titles), lengths, priors or ProductPriors.empty(len(titles)), None)
+
+
+def test_no_candidates_gives_empty_matrix(catalog) -> None:
+    assert _features(catalog, "drill", []).shape == (0, len(FEATURE_NAMES))
+
+
+def test_query_with_no_tokens_has_zero_lexical_features(catalog) -> None:
+    x = _features(catalog, "!!! ???", [0, 1])
+    col = {n: i for i, n in enumerate(FEATURE_NAMES)}
+    for name in ("bm25", "bm25_rel", "overlap", "all_tokens_match", "last_token_match", "query_tokens"):
+        assert np.all(x[:, col[name]] == 0), name
+    assert np.all(np.isnan(x[:, col["numeric_overlap"]]))  # no number in the query
+    assert np.all(np.isnan(x[:, col["price"]]))  # catalog has no price
+
+
+def test_overlap_and_matches_exact_values(catalog) -> None:
+    col = {n: i for i, n in enumerate(FEATURE_NAMES)}
+    x = _features(catalog, "cordless drill 20v", [0, 1, 3])
+    np.testing.assert_allclose(x[:, col["overlap"]], [2 / 3, 1 / 3, 0])
+    np.testing.assert_allclose(x[:, col["all_tokens_match"]], [0, 0, 0])
+    np.testing.assert_allclose(x[:, col["last_token_match"]], [0, 0, 0])
+    np.testing.assert_allclose(x[:, col["numeric_overlap"]], [0, 0, 0])
+    x = _features(catalog, "drill 18v", [0])
+    assert x[0, col["all_tokens_match"]] == 1 and x[0, col["numeric_overlap"]] == 1
+    assert x[0, col["bm25_rel"]] == pytest.approx(1.0)  # p1 is the best BM25 match
+    assert x[0, col["query_tokens"]] == 2 and x[0, col["title_tokens"]] == 3
+
+
+def test_dense_gap_is_relative_to_the_query_best(catalog) -> None:
+    col = FEATURE_NAMES.index("dense_gap")
+    x = _features(catalog, "drill", [0, 1], dense=np.array([0.9, 0.5], dtype=np.float32))
+    np.testing.assert_allclose(x[:, col], [0.0, -0.4], atol=1e-6)
+
+
+def test_priors_count_mean_max_and_unjudged(catalog, judgments) -> None:
+    pr = product_priors(judgments, catalog[s.PRODUCT_ID].tolist())
+    np.testing.assert_allclose(pr.count, [1, 1, 1, 0])
+    np.testing.assert_allclose(pr.mean_gain[:3], [2.0, 0.0, 1.5])
+    assert np.isnan(pr.mean_gain[3]) and np.isnan(pr.max_gain[3])
+    empty = product_priors(judgments.iloc[:0], catalog[s.PRODUCT_ID].tolist())
+    assert empty.count.sum() == 0
+
+
+def test_expansion_appends_only_well_judged_queries(catalog, judgments) -> None:
+    texts = expanded_texts(catalog[s.TITLE].tolist(), catalog[s.PRODUCT_ID].tolist(), judgments, 2.0)
+    assert texts == ["cordless drill 18v power drill", "drill bit set", "garden hose 50 ft water hose", ""]
+
+
+def test_rrf_fuses_ranks() -> None:
+    ids, scores = rrf_merge([np.array([1, 2, 3]), np.array([3, 1])], k=60)
+    assert ids.tolist() == [1, 3, 2]
+    assert scores[0] == pytest.approx(1 / 61 + 1 / 62)
+    assert rrf_merge([], 60)[0].tolist() == []
+
+
+def test_labels_are_integer_grades_with_linear_gain() -> None:
+    assert gains_to_labels(np.array([0.0, 0.33, 0.67, 1.0, 2.0]), 7).tolist() == [0, 1, 2, 3, 6]
+    assert linear_label_gain(7) == pytest.approx((0, 1 / 3, 2 / 3, 1, 4 / 3, 5 / 3, 2))
