@@ -48,11 +48,20 @@ def load_domain(domain: str, source: SourceParams, salt: str) -> dict[str, pd.Da
     return {name: tables[name] for name in tables_needed}
 
 
+def source_files(domain: str, source: SourceParams) -> Path:
+    """The file or folder a domain is read from (its data version is the hash of this)."""
+    if source.source == "canonical":
+        return Path(source.path).expanduser()
+    root = datasets_dir(source.path)
+    return root / "homedepot" / "train.csv.zip" if source.source == "homedepot" else root / "online_retail" / "online_retail.parquet"
+
+
 def run(params: Params, paths: Paths) -> dict[str, dict[str, int]]:
     """Ingest both domains; returns row counts per domain and table."""
     salt = pseudonym_salt()
     counts: dict[str, dict[str, int]] = {}
-    with mlflow_run(STEP, params, paths, sections=("data",)) as _:
+    inputs = [source_files(d, getattr(params.data, d)) for d in ("search", "recommend")]
+    with mlflow_run(STEP, params, paths, inputs=inputs, sections=("data",)) as _:
         import mlflow
 
         for domain in ("search", "recommend"):
