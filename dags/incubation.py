@@ -23,7 +23,8 @@ from airflow.sdk import Param, TaskGroup, dag, task
 
 REPO = Path(__file__).resolve().parent.parent
 POOL = "hatchery_dvc"
-CHARTERS = sorted(p.stem for p in (REPO / "charters").glob("*.yaml")) or ["semantic_search"]
+CHARTERS_DIR = Path(os.environ.get("HATCHERY_CHARTERS_DIR") or REPO / "charters")
+CHARTERS = sorted(p.stem for p in CHARTERS_DIR.glob("*.yaml")) or ["semantic_search"]
 DEFAULT_CHARTER = "semantic_search" if "semantic_search" in CHARTERS else CHARTERS[0]
 
 

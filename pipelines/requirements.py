@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,18 +25,22 @@ from pipelines.common import REPO_ROOT, Paths, load_params, mlflow_run
 log = logging.getLogger(__name__)
 
 STEP = "requirements"
-CHARTERS_DIR = REPO_ROOT / "charters"
+
+def charters_dir() -> Path:
+    """HATCHERY_CHARTERS_DIR (your own charters), else the repository's charters/."""
+    return Path(os.environ.get("HATCHERY_CHARTERS_DIR") or REPO_ROOT / "charters")
 DATA_STAGES = ("ingest", "validate", "split")
 
 
-def charter_names(folder: Path = CHARTERS_DIR) -> list[str]:
-    """The charters that ship with the repository (file stems), sorted."""
-    return sorted(p.stem for p in Path(folder).glob("*.yaml"))
+def charter_names(folder: Path | None = None) -> list[str]:
+    """The available charters (file stems), sorted."""
+    return sorted(p.stem for p in Path(folder or charters_dir()).glob("*.yaml"))
 
 
-def load_charter(name: str, folder: Path = CHARTERS_DIR) -> Charter:
-    """Read and validate charters/<name>.yaml; CharterError names the file and each bad field."""
-    path = Path(folder) / f"{name}.yaml"
+def load_charter(name: str, folder: Path | None = None) -> Charter:
+    """Read and validate <charters dir>/<name>.yaml; CharterError names the file and each bad field."""
+    folder = Path(folder or charters_dir())
+    path = folder / f"{name}.yaml"
     if not path.exists():
         raise CharterError(
             f"charter {name!r} not found: expected {path} (available: {', '.join(charter_names(folder))})"

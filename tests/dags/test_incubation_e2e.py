@@ -1,0 +1,193 @@
+"""The whole incubation DAG on a tiny slice of the real data, through Airflow's own `dag.test`.
+
+One module-scoped run pair (the same charter triggered twice) backs every test; each run is a fresh
+interpreter with AIRFLOW_HOME, HATCHERY_HOME and MLflow in tmp (tests/dags/_dag_test_runner.py).
+The tiny slice (400 search terms, 150 customers) and the few-step training overrides keep it to a
+few minutes on 2 cores. What the gate decides on such a slice is not fixed in advance: the tests
+check that the decision, the registry and the report agree, and that a weakened challenger is stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from _lifecycle_slice import write_slice
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+RUNNER = Path(__file__).with_name("_dag_test_runner.py")
+CHARTER = "semantic_search"
+MODEL = "hatchery-search"
+TINY = {
+    "checks.min_products": 10,
+    "checks.min_queries": 10,
+    "checks.min_judgments": 10,
+    "checks.min_events": 10,
+    "checks.min_users": 10,
+    "search.profiles.cpu.max_steps": 6,
+    "search.profiles.cpu.batch_size": 8,
+    "search.profiles.cpu.random_negatives": 64,
+    "search.profiles.cpu.checkpoint_every": 3,
+    "search.ann.recall_probe_queries": 10,
+    "search.ranker.n_estimators": 20,
+    "search.ranker.min_data_in_leaf": 5,
+    "search.ranker.early_stopping_rounds": 5,
+    "search.bootstrap_resamples": 50,
+}
+
+
+def _run_dag(conf: dict, env: dict[str, str]) -> dict:
+    out = subprocess.run(
+        [sys.executable, str(RUNNER), json.dumps(conf)], cwd=REPO, env=env, capture_output=True, text=True, timeout=1500
+    )
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("DAG_TEST_RESULT ")]
+    assert lines, f"dag.test did not finish (exit {out.returncode}):\n{(out.stdout + out.stderr)[-4000:]}"
+    return json.loads(lines[-1].removeprefix("DAG_TEST_RESULT "))
+
+
+def _run_folder(home: Path, run_id: str) -> Path:
+    from pipelines.lifecycle import run_key
+
+    return home / "reports" / "incubation" / run_key(run_id, CHARTER)
+
+
+def _registry(tracking: str) -> dict:
+    """Every version of the model with its aliases and tags: the state the gate must not touch on failure."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking, registry_uri=tracking)
+    if not client.search_registered_models(filter_string=f"name = '{MODEL}'"):
+        return {}
+    aliases = client.get_registered_model(MODEL).aliases
+    return {
+        "aliases": dict(aliases),
+        "versions": {v.version: dict(v.tags) for v in client.search_model_versions(f"name = '{MODEL}'")},
+    }
+
+
+@pytest.fixture(scope="module")
+def lifecycle(homedepot_raw: pd.DataFrame, online_retail_raw: pd.DataFrame, tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("lifecycle")
+    data = write_slice(homedepot_raw, online_retail_raw, root / "data")
+    home = root / "home"
+    home.mkdir()
+    tracking = f"sqlite:///{home / 'mlflow.db'}"
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(root / "airflow_home"),
+        "HATCHERY_HOME": str(home),
+        "MLFLOW_TRACKING_URI": tracking,
+        "HATCHERY_PSEUDONYM_SALT": "test-salt",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    }
+    env.pop("HATCHERY_CHARTERS_DIR", None)
+    conf = {"charter": CHARTER, "overrides": {"data.search.path": str(data), "data.recommend.path": str(data), **TINY}}
+    first = _run_dag(conf, env)
+    registry_after_first = _registry(tracking)
+    second = _run_dag(conf, env)
+    return {
+        "home": home,
+        "tracking": tracking,
+        "first": first,
+        "second": second,
+        "registry_after_first": registry_after_first,
+        "registry_after_second": _registry(tracking),
+    }
+
+
+def _ledger(home: Path, run_id: str) -> dict[str, dict]:
+    folder = _run_folder(home, run_id) / "stages"
+    return {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")}
+
+
+def test_every_stage_up_to_the_gate_runs(lifecycle):
+    tasks = lifecycle["first"]["tasks"]
+    charter = __import__("yaml").safe_load((REPO / "charters" / f"{CHARTER}.yaml").read_text())
+    for t in ("requirements.validate_charter", "requirements.ingest", "requirements.validate", "requirements.split"):
+        assert tasks[t] == "success", tasks
+    trained = {k: v for k, v in tasks.items() if k.startswith("training.train_stage[")}
+    assert sorted(trained) == sorted(f"training.train_stage[{s}]" for s in charter["stages"])
+    assert set(trained.values()) == {"success"}, trained
+    assert tasks["validation.gate"] in ("success", "failed")
+
+
+def test_gate_decision_report_and_registry_agree(lifecycle):
+    home, run_id = lifecycle["home"], lifecycle["first"]["run_id"]
+    folder = _run_folder(home, run_id)
+    gate = json.loads((folder / "gate.json").read_text())
+    summary = json.loads((folder / "summary.json").read_text())
+    html = (folder / "index.html").read_text()
+    tasks = lifecycle["first"]["tasks"]
+    registry = lifecycle["registry_after_first"]
+    assert len(registry["versions"]) == 1  # the register stage made exactly one version
+    (version,) = registry["versions"]
+    assert gate["passed"] == (tasks["validation.gate"] == "success")
+    assert gate["context"]["challenger_version"] == version
+    assert all(c["name"] in html for c in gate["checks"])
+    assert "champion" not in registry["aliases"]  # nothing is ever promoted to champion here
+    if gate["passed"]:
+        assert registry["aliases"] == {"challenger": version}
+        assert registry["versions"][version]["gate_run_id"] == gate["mlflow_run_id"]
+    else:
+        assert registry["aliases"] == {}
+        assert summary["headline"].startswith("gate failed: GateFailed")
+    # the run ends red while anything failed (packaging fails until the serving stage ships a service)
+    failed = [s for s in summary["stages"] if s["status"] != "success"]
+    assert (lifecycle["first"]["state"] == "success") == (not failed)
+    for stage in summary["stages"]:
+        assert stage["task"] in html
+
+
+def test_second_trigger_reuses_outputs_and_registry(lifecycle):
+    home = lifecycle["home"]
+    second = _ledger(home, lifecycle["second"]["run_id"])
+    for task in (
+        "ingest",
+        "validate",
+        "split",
+        *json.loads((_run_folder(home, lifecycle["first"]["run_id"]) / "plan.json").read_text())["stages"],
+    ):
+        assert second[task]["status"] == "success", second[task]
+        assert second[task]["result"]["ran"] is False, f"{task} ran again on unchanged data and code"
+    assert lifecycle["registry_after_second"] == lifecycle["registry_after_first"]
+    assert lifecycle["second"]["tasks"]["validation.gate"] == lifecycle["first"]["tasks"]["validation.gate"]
+
+
+def test_weakened_challenger_is_stopped_and_registry_untouched(lifecycle, tmp_path, monkeypatch):
+    """A challenger whose ranking lost its learned signal (per-query NDCG halved below the worst baseline)."""
+    from pipelines import gate
+    from pipelines.common import Paths
+    from pipelines.requirements import load_charter
+
+    plan = json.loads((_run_folder(lifecycle["home"], lifecycle["first"]["run_id"]) / "plan.json").read_text())
+    workspace = Path(plan["workspace"])
+    files = gate.DOMAINS["search"]
+    weak = Paths(root=tmp_path / "weak")
+    for rel in (files.metrics, "models/search/registered.json"):
+        (weak.root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (weak.root / rel).write_bytes((workspace / rel).read_bytes())
+    (weak.root / files.bundle).symlink_to(workspace / files.bundle, target_is_directory=True)
+    per_unit = pd.read_parquet(workspace / files.per_unit)
+    primary = json.loads((workspace / files.metrics).read_text())["primary"]
+    metric = "ndcg_at_10"
+    baselines = [c for c in per_unit.columns if c.endswith(f"__{metric}") and not c.startswith(f"{primary}__")]
+    worst = min(baselines, key=lambda c: per_unit[c].mean())
+    per_unit[f"{primary}__{metric}"] = per_unit[worst] * 0.5
+    (weak.root / files.per_unit).parent.mkdir(parents=True, exist_ok=True)
+    per_unit.to_parquet(weak.root / files.per_unit, index=False)
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", lifecycle["tracking"])
+    before = _registry(lifecycle["tracking"])
+    with pytest.raises(gate.GateFailed, match=rf"primary:{metric}: .*difference -"):
+        gate.run(load_charter(CHARTER), weak)
+    assert _registry(lifecycle["tracking"]) == before
+    report = json.loads((weak.reports / "gates" / "search.json").read_text())
+    assert report["passed"] is False and "primary" in report["reason"]
