@@ -1,0 +1,404 @@
+"""The Hatchery service through its ASGI app, rollouts against it, and one real `bentoml serve` run.
+
+One tiny real search slice (120 products) and two bundles built once; one service instance serves
+a whole sequence of rollouts (as in production: the service follows the state file), and a second
+instance on the same root checks that a restart resumes the same canary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from components import rollout as ro
+from components.config_rollout import RolloutParams
+from pipelines.common import REPO_ROOT, Paths
+from tests.services._bundles import build_search_bundles
+
+NAME = "hatchery-search"
+
+
+@pytest.fixture(scope="module")
+def world(homedepot_raw, tmp_path_factory):
+    """Bundles v1/v2, a registry with v1 = champion, and a service app on an isolated root."""
+    from mlflow import MlflowClient
+    from starlette.testclient import TestClient
+
+    data_root = tmp_path_factory.mktemp("slice")
+    bundles = build_search_bundles(homedepot_raw, data_root)
+    root = tmp_path_factory.mktemp("serve")
+    env = {
+        "HATCHERY_HOME": str(root),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+        "HATCHERY_PSEUDONYM_SALT": "test-salt",
+    }
+    old = {k: os.environ.get(k) for k in [*env, "HATCHERY_SEARCH_BUNDLE", "HATCHERY_RECOMMEND_BUNDLE"]}
+    os.environ.update(env)
+    for k in ("HATCHERY_SEARCH_BUNDLE", "HATCHERY_RECOMMEND_BUNDLE"):
+        os.environ.pop(k, None)
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"], registry_uri=env["MLFLOW_TRACKING_URI"])
+    client.create_registered_model(NAME)
+    v1 = client.create_model_version(NAME, source=str(bundles["v1"])).version
+    client.set_registered_model_alias(NAME, "champion", v1)
+
+    from services.service import Hatchery
+
+    test_judgments = pd.read_parquet(data_root / "data" / "split" / "search" / "test.parquet")
+    with TestClient(Hatchery.to_asgi()) as http:
+        yield {
+            "root": root,
+            "paths": Paths(root=root),
+            "bundles": bundles,
+            "registry": client,
+            "http": http,
+            "judgments": test_judgments,
+            "data_root": data_root,
+            "env": env,
+        }
+    for k, v in old.items():
+        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+def _register(world, bundle: Path, fault: str | None = None) -> str:
+    """A new registry version from `bundle` (a marked copy when `fault` is set), aliased `challenger`."""
+    if fault:
+        copy = world["root"] / f"bundle_{fault}"
+        shutil.copytree(bundle, copy)
+        manifest = json.loads((copy / "manifest.json").read_text())
+        (copy / "manifest.json").write_text(json.dumps({**manifest, "test_fault": fault}))
+        bundle = copy
+    version = world["registry"].create_model_version(NAME, source=str(bundle)).version
+    world["registry"].set_registered_model_alias(NAME, "challenger", version)
+    return str(version)
+
+
+class _Raising:
+    """A challenger that raises on every request (rollout mechanics only)."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def search(self, *args, **kwargs):
+        raise RuntimeError("injected failure")
+
+
+class _Slow(_Raising):
+    """A challenger that answers correctly, 300 ms late."""
+
+    def search(self, *args, **kwargs):
+        time.sleep(0.3)
+        return self.model.search(*args, **kwargs)
+
+
+@pytest.fixture(autouse=True)
+def _fault_injection(monkeypatch):
+    """Bundles whose manifest says `test_fault` load wrapped in a faulty model."""
+    import services.runtime as rt
+
+    real = rt.default_model_loader
+
+    def loader(domain, bundle):
+        model = real(domain, bundle)
+        fault = json.loads((Path(bundle) / "manifest.json").read_text()).get("test_fault")
+        return {"raise": _Raising, "slow": _Slow}[fault](model) if fault else model
+
+    monkeypatch.setattr(rt, "default_model_loader", loader)
+
+
+def _charter(**exit_updates):
+    """semantic_search with its criteria kept but the online quality ratio relaxed (tiny-slice noise)."""
+    from pipelines.requirements import load_charter
+
+    c = load_charter("semantic_search")
+    plan = c.rollout
+    shadow = plan.shadow.model_copy(update={"exit": plan.shadow.exit.model_copy(update=exit_updates)})
+    canary = [s.model_copy(update={"success": s.success.model_copy(update=exit_updates)}) for s in plan.canary]
+    return c.model_copy(update={"rollout": plan.model_copy(update={"shadow": shadow, "canary": canary})})
+
+
+FAST = RolloutParams(request_scale=0.002, hours_scale=0.0, batch_requests=40, max_batches=15, concurrency=1)
+
+
+def _source(world):
+    from pipelines.replay import SearchReplay
+
+    return SearchReplay(world["judgments"], sessions=400)
+
+
+def _drive(world, charter, seed=0):
+    from pipelines import rollout
+
+    rollout.begin(world["paths"], charter, "test")
+    return rollout.drive(
+        world["paths"],
+        charter,
+        "http://testserver",
+        FAST,
+        source=_source(world),
+        client=world["http"],
+        seed=seed,
+        actor="test",
+    )
+
+
+def _feedback_statuses(world) -> list[int]:
+    from pipelines.replay import feedback_path
+
+    return [json.loads(x)["status"] for x in feedback_path(world["root"], "search").read_text().splitlines()]
+
+
+# --- the endpoint ----------------------------------------------------------------------------------------
+def test_search_answers_with_version_arm_and_explanations(world) -> None:
+    r = world["http"].post("/search", json={"query": "cordless drill", "k": 5, "explain": True})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model_version"] == "1" and body["arm"] == "champion" and len(body["results"]) == 5
+    scores = [x["score"] for x in body["results"]]
+    assert scores == sorted(scores, reverse=True)
+    assert all(x["contributions"] and len(x["contributions"][0]) == 2 for x in body["results"])
+    assert {"product_id", "title", "score"} <= set(body["results"][0])
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "reason"),
+    [
+        ({"k": 3}, 400, "missing"),
+        ({"query": "drill", "k": 0}, 400, "greater_than_equal"),
+        ({"query": "drill", "k": 101}, 400, "less_than_equal"),
+        ({"query": "drill", "k": "5"}, 400, "int_type"),
+        ({"query": 42}, 400, "string_type"),
+        ({"query": "drill", "explain": "yes"}, 400, "bool_type"),
+        ({"query": "x" * 257}, 400, "string_too_long"),
+        ({"query": "drill", "kk": 3}, 400, "extra_forbidden"),
+    ],
+)
+def test_bad_search_requests_get_4xx_with_the_reason(world, body, status, reason) -> None:
+    r = world["http"].post("/search", json=body)
+    assert r.status_code == status and reason in r.text
+
+
+def test_malformed_and_oversized_bodies_are_refused_not_500(world) -> None:
+    http = world["http"]
+    bad = http.post("/search", content=b'{"query": "drill",', headers={"content-type": "application/json"})
+    assert bad.status_code == 400 and "not valid JSON" in bad.json()["error"]
+    arr = http.post("/search", content=b"[1, 2]", headers={"content-type": "application/json"})
+    assert arr.status_code == 400 and "JSON object" in arr.json()["error"]
+    big = http.post(
+        "/search", content=json.dumps({"query": "a" * 40_000}).encode(), headers={"content-type": "application/json"}
+    )
+    assert big.status_code == 413 and "exceeds" in big.json()["error"]
+    assert http.post("/recommend", json={"k": 5}).status_code == 400  # validated before any model is needed
+
+
+def test_a_domain_without_a_model_answers_503_with_the_reason_and_health_is_up(world) -> None:
+    http = world["http"]
+    r = http.post("/recommend", json={"user_id": "12345", "k": 5})
+    assert r.status_code == 503 and "no recommend model" in r.json()["error"]
+    assert http.get("/readyz").status_code == 200 and http.get("/livez").status_code == 200
+    assert "/search" in http.get("/docs.json").json()["paths"]
+
+
+def test_service_scores_equal_offline_scores_for_test_queries(world) -> None:
+    """No train/serve skew: the API's ranking and scores are SearchModel's batch path's, bit for bit."""
+    from pipelines.search_bundle import load_search_bundle
+
+    model = load_search_bundle(world["bundles"]["v1"], device="cpu")
+    queries = sorted(world["judgments"]["query"].unique())[:8]
+    offline = model.rank_queries(queries, k=10)
+    for q, (idx, scores) in zip(queries, offline, strict=True):
+        body = world["http"].post("/search", json={"query": q, "k": 10}).json()
+        assert [r["product_id"] for r in body["results"]] == [str(model.product_ids[i]) for i in idx]
+        np.testing.assert_allclose([r["score"] for r in body["results"]], scores, rtol=1e-6, atol=1e-7)
+
+
+def test_prometheus_counters_per_version_and_arm(world) -> None:
+    import prometheus_client as pc
+
+    before = pc.REGISTRY.get_sample_value(
+        "hatchery_requests_total", {"endpoint": "search", "model_version": "1", "arm": "champion", "outcome": "ok"}
+    )
+    world["http"].post("/search", json={"query": "paint"})
+    after = pc.REGISTRY.get_sample_value(
+        "hatchery_requests_total", {"endpoint": "search", "model_version": "1", "arm": "champion", "outcome": "ok"}
+    )
+    assert after == (before or 0) + 1
+
+
+# --- rollouts (one service instance follows them all, in order) ---------------------------------------------
+@pytest.mark.slow
+def test_good_challenger_goes_shadow_canary_full_and_back_one_command_away(world) -> None:
+    from pipelines import rollout
+
+    v2 = _register(world, world["bundles"]["v2"])
+    final = _drive(world, _charter(min_primary_ratio=0.0))
+    assert final.phase == "full" and final.champion.version == v2 and final.previous_champion.version == "1"
+    assert world["registry"].get_model_version_by_alias(NAME, "champion").version == v2
+    audit = rollout.read_audit(world["paths"], "search")
+    actions = [a["action"] for a in audit]
+    assert actions[-5:] == ["start_shadow", "canary_step", "canary_step", "canary_step", "promote"]
+    assert all({"actor", "when", "from_version", "to_version", "reason"} <= set(a) for a in audit)
+    evaluations = [
+        json.loads(x)
+        for x in (rollout.rollout_dir(world["paths"], "search") / "evaluations.jsonl").read_text().splitlines()
+    ]
+    shadow = [e for e in evaluations if e["phase"] == "shadow" and e["decision"] == "advance"][0]
+    assert 0.0 <= shadow["agreement"]["overlap_at_10"] <= 1.0 and shadow["agreement"]["pairs"] > 0
+    assert set(_feedback_statuses(world)) == {200}
+    time.sleep(0.5)
+    assert world["http"].post("/search", json={"query": "drill"}).json()["model_version"] == v2
+
+    assert rollout.main(["rollback", "semantic_search", "--reason", "test"]) == 0  # the previous champion, by hand
+    assert world["registry"].get_model_version_by_alias(NAME, "champion").version == "1"
+    deadline = time.monotonic() + 30
+    while world["http"].post("/search", json={"query": "drill"}).json()["model_version"] != "1":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_challenger_that_raises_is_rolled_back_in_canary_while_every_request_succeeds(world) -> None:
+    from pipelines import rollout
+
+    charter = _charter(min_primary_ratio=0.0)
+    v = _register(world, world["bundles"]["v2"], fault="raise")
+    n_before = len(_feedback_statuses(world))
+    state = rollout.begin(world["paths"], charter, "test")
+    # Straight to the 25 % canary step, so the challenger answers real users and must fall back.
+    state = rollout.save(world["paths"], *ro.enter_canary_step(state, 0, 0.05, time.time(), "test", "skip shadow"))
+    state = rollout.save(world["paths"], *ro.enter_canary_step(state, 1, 0.25, time.time(), "test", "to 25%"))
+    final = rollout.drive(
+        world["paths"], charter, "http://testserver", FAST, source=_source(world), client=world["http"], actor="test"
+    )
+    assert final.phase == "rolled_back" and "error rate" in final.reason
+    assert set(_feedback_statuses(world)[n_before:]) == {200}
+    tags = world["registry"].get_model_version(NAME, v).tags
+    assert tags["rollout_status"] == "rejected" and "error rate" in tags["rollout_reason"]
+    assert world["registry"].get_model_version_by_alias(NAME, "champion").version == "1"
+    fallbacks = [
+        json.loads(x)
+        for x in (rollout.rollout_dir(world["paths"], "search") / "feedback.jsonl").read_text().splitlines()[n_before:]
+    ]
+    assert any(f["fallback"] for f in fallbacks)  # the champion answered the challenger's users
+
+
+@pytest.mark.slow
+def test_slow_challenger_is_rolled_back_in_shadow_without_slowing_answers(world) -> None:
+    v = _register(world, world["bundles"]["v2"], fault="slow")
+    n_before = len(_feedback_statuses(world))
+    final = _drive(world, _charter(min_primary_ratio=0.0), seed=7)
+    assert final.phase == "rolled_back" and "latency" in final.reason
+    assert set(_feedback_statuses(world)[n_before:]) == {200}
+    assert world["registry"].get_model_version(NAME, v).tags["rollout_status"] == "rejected"
+
+
+@pytest.mark.slow
+def test_restarted_service_resumes_the_same_canary_and_arms(world) -> None:
+    from starlette.testclient import TestClient
+
+    from pipelines import rollout
+    from services.service import Hatchery
+
+    charter = _charter(min_primary_ratio=0.0)
+    _register(world, world["bundles"]["v2"])
+    state = rollout.begin(world["paths"], charter, "test")
+    state = rollout.save(world["paths"], *ro.enter_canary_step(state, 0, 0.5, time.time(), "test", "to 50%"))
+    sessions = [f"s{i}" for i in range(30)]
+
+    def arms(http) -> list[str]:
+        rollout.wait_for_service(lambda: http.post("/rollout_status", json={}).json(), state)
+        return [http.post("/search", json={"query": "drill", "session_id": s}).json()["arm"] for s in sessions]
+
+    first = arms(world["http"])
+    assert 0 < first.count("challenger") < len(sessions)
+    with TestClient(Hatchery.to_asgi()) as restarted:
+        seen = restarted.post("/rollout_status", json={}).json()["search"]
+        assert seen["state"]["phase"] == "canary" and seen["state"]["step"] == 0
+        assert seen["state"]["rollout_id"] == state.rollout_id
+        assert arms(restarted) == first
+    rollout.do_rollback(world["paths"], charter, rollout.load_state(world["paths"], "search"), "end of test", "test")
+
+
+# --- a real server ------------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_bentoml_serve_over_http_with_a_load_test(world, tmp_path) -> None:
+    import httpx
+
+    port = _free_port()
+    env = {
+        **os.environ,
+        **world["env"],
+        "HATCHERY_HOME": str(tmp_path),
+        "HATCHERY_SEARCH_BUNDLE": str(world["bundles"]["v1"]),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db",
+    }
+    cmd = [
+        str(Path(sys.executable).parent / "bentoml"),
+        "serve",
+        "services.service:Hatchery",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 150
+        while True:
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "service not ready in 150 s"
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        with httpx.Client(base_url=url, timeout=30) as http:
+            assert http.post("/search", json={"query": "wood screws", "k": 3}).json()["model_version"] == "local"
+            assert (
+                http.post("/search", content=b"{oops", headers={"content-type": "application/json"}).status_code == 400
+            )
+            assert http.post("/search", json={"query": "q", "k": 1000}).status_code == 400
+            assert http.get("/").status_code == 200  # the Swagger UI page
+
+            queries = sorted(world["judgments"]["query"].unique())
+            n, start = 2000, time.monotonic()
+
+            def one(i: int) -> int:
+                return http.post("/search", json={"query": queries[i % len(queries)], "k": 10}).status_code
+
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                statuses = list(pool.map(one, range(n)))
+            wall = time.monotonic() - start
+            assert statuses.count(200) == n, {s: statuses.count(s) for s in set(statuses)}
+            assert wall < 240
+            metrics = http.get("/metrics").text
+            line = [
+                x
+                for x in metrics.splitlines()
+                if x.startswith("hatchery_requests_total") and 'outcome="ok"' in x and 'arm="champion"' in x
+            ]
+            assert line and float(line[0].split()[-1]) >= n
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
