@@ -238,13 +238,18 @@ def main() -> int:
         final = follow(api, run_ids)
     except urllib.error.HTTPError as exc:
         print(f"Airflow API error {exc.code} on {exc.url}: {exc.read().decode()[:2000]}", file=sys.stderr)
-        return 2
-    finally:
         if started is not None and args.stop_after:
             stop_airflow(home)
+        return 2
     print("\n=== incubation runs ===")
     for c, state in final.items():
         s = summary_of(c, run_ids[c])
+        # The run's note is the summary the Airflow UI shows beside the run: the verdict and where to read more.
+        note = f"{state.upper()}: {s.get('headline', 'no report written')}\n\nreport: file://{s['path']}"
+        try:
+            api.patch(f"/api/v2/dags/{DAG_ID}/dagRuns/{run_ids[c]}", {"note": note[:1000]})
+        except urllib.error.HTTPError as exc:
+            print(f"  (could not set the run note: HTTP {exc.code})")
         print(f"{c}: {state.upper()} — {s.get('headline', 'no report written')}")
         print(f"  Airflow: {base}/dags/{DAG_ID}/runs/{run_ids[c]}")
         print(f"  report:  file://{s['path']}")
@@ -254,7 +259,9 @@ def main() -> int:
     print(
         f"MLflow:  .venv/bin/mlflow ui --backend-store-uri sqlite:///{mlflow_db} --port 5000  ->  http://localhost:5000"
     )
-    if started is not None and not args.stop_after:
+    if started is not None and args.stop_after:
+        stop_airflow(home)
+    elif started is not None:
         secret = home / "simple_auth_manager_passwords.json.generated"
         print(f"Airflow keeps running at {base} (user admin, password in {secret})")
         print("stop it with: .venv/bin/python infra/airflow/run_lifecycle.py --stop")
