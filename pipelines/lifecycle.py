@@ -102,10 +102,12 @@ def gate(plan: dict[str, Any], run_id: str | None) -> dict:
             report = step.run(charter, paths)
             entry["result"] = {"passed": True, "reason": report["reason"]}
         finally:
+            folder = run_dir(run_id, plan["charter"])
+            folder.mkdir(parents=True, exist_ok=True)
             for ext in ("json", "html"):
                 src = paths.reports / "gates" / f"{charter.domain}.{ext}"
                 if src.exists():
-                    (run_dir(run_id, plan["charter"]) / f"gate.{ext}").write_bytes(src.read_bytes())
+                    (folder / f"gate.{ext}").write_bytes(src.read_bytes())
     return entry["result"]
 
 
