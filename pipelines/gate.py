@@ -9,7 +9,9 @@ The champion is the registered model's `champion` alias: its per-unit values are
 gate logged (artifact gate/per_unit.parquet of the run named by the version's `gate_run_id` tag),
 joined on the unit id — so both sides are scored on the same test units. Before any champion
 exists (the first incubation) it is the best baseline of the same per-unit table by mean primary
-metric (metrics json "baselines" when it lists them, else every other model in the table).
+metric: metrics json "baselines" when it lists them, else DOMAINS[domain].baselines — EVALUATION.md's
+baselines and the untrained fusion of two of them; trained parts of the challenger (the fine-tuned
+encoder alone, MF alone) are reported beside it but are not the champion.
 
 Checks (components/gates.py): primary-metric improvement by paired bootstrap at the charter's
 confidence; each slice's drop against the champion; guardrails on the bundle: p99 latency of
@@ -31,6 +33,7 @@ import re
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,31 +60,41 @@ class GateFailed(RuntimeError):
 
 @dataclass(frozen=True)
 class DomainFiles:
-    """Where one domain's evaluation and bundle live, relative to the workspace root."""
+    """Where one domain's evaluation and bundle live (relative to the workspace root), and which
+    models of its per-unit table are baselines (EVALUATION.md's, plus untrained combinations of them)."""
 
     unit_id: str
     per_unit: str
     metrics: str
     bundle: str
+    baselines: tuple[str, ...]
 
 
 DOMAINS = {
     "search": DomainFiles(
-        s.QUERY_ID, "models/search/eval/per_query.parquet", "metrics/search.json", "models/search/bundle"
+        s.QUERY_ID,
+        "models/search/eval/per_query.parquet",
+        "metrics/search.json",
+        "models/search/bundle",
+        ("bm25", "zero_shot", "rrf_bm25_zero_shot"),
     ),
     "recommend": DomainFiles(
-        s.USER_ID, "models/recommend/eval/per_user.parquet", "metrics/recommend.json", "models/recommend/bundle"
+        s.USER_ID,
+        "models/recommend/eval/per_user.parquet",
+        "metrics/recommend.json",
+        "models/recommend/bundle",
+        ("popularity", "own_frequency", "item_knn", "ease"),
     ),
 }
 
 
 # --- champion --------------------------------------------------------------------------------------
-def best_baseline(per_unit: pd.DataFrame, metric: str, primary: str, baselines: list[str] | None) -> str:
-    """The model with the best mean `metric` among the baselines (never the primary itself)."""
+def best_baseline(per_unit: pd.DataFrame, metric: str, primary: str, baselines: Sequence[str]) -> str:
+    """The baseline with the best mean `metric` (never the primary itself)."""
     models = [c.removesuffix(f"__{metric}") for c in per_unit.columns if c.endswith(f"__{metric}")]
-    candidates = [m for m in (baselines or models) if m in models and m != primary]
+    candidates = [m for m in baselines if m in models and m != primary]
     if not candidates:
-        raise GateFailed(f"no baseline with a {metric} column in the per-unit table (models: {models})")
+        raise GateFailed(f"none of the baselines {list(baselines)} has a {metric} column (models: {models})")
     return max(candidates, key=lambda m: (np.nanmean(per_unit[f"{m}__{metric}"].to_numpy(dtype=float)), m))
 
 
@@ -140,7 +153,9 @@ def _load_bundle(domain: str, folder: Path):
     from pipelines.recommend_bundle import load_recommend_bundle
 
     model = load_recommend_bundle(folder)
-    return [str(p) for p in model.product_ids], lambda u, k: [str(r["product_id"]) for r in model.recommend(u, k=k)]
+    return [str(p) for p in model.state.items], lambda u, k: [
+        str(r["product_id"]) for r in model.recommend(str(u), k=k)
+    ]
 
 
 def bundle_size_mb(folder: Path) -> float:
@@ -303,7 +318,7 @@ def run(charter: Charter, paths: Paths, seed: int = 0) -> dict[str, Any]:
     name = charter.registered_model
     champ = champion_values(client, name, per_unit, files.unit_id, metric)
     if champ is None:
-        base = best_baseline(per_unit, metric, primary, metrics.get("baselines"))
+        base = best_baseline(per_unit, metric, primary, metrics.get("baselines") or files.baselines)
         champ = (f"{base} (best baseline; no {name} champion yet)", per_unit[f"{base}__{metric}"].to_numpy(dtype=float))
     champion_label, champion = champ
 

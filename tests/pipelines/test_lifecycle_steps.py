@@ -93,3 +93,22 @@ def test_report_names_the_failed_stage_and_what_never_ran(paths):
     assert summary["headline"].startswith("ingest failed")
     html = (folder / "index.html").read_text()
     assert "the source file is missing" in html and "train_ranker" in html
+
+
+def test_first_champion_is_the_best_listed_baseline():
+    import pandas as pd
+
+    from pipelines.gate import GateFailed, best_baseline
+
+    per_unit = pd.DataFrame(
+        {
+            "bm25__ndcg_at_10": [0.2, 0.4],  # mean 0.3
+            "zero_shot__ndcg_at_10": [0.5, float("nan")],  # mean 0.5 over the units it scores
+            "fine_tuned__ndcg_at_10": [0.9, 0.9],  # a trained part of the challenger, not a baseline
+            "hybrid__ndcg_at_10": [1.0, 1.0],
+        }
+    )
+    assert best_baseline(per_unit, "ndcg_at_10", "hybrid", ("bm25", "zero_shot")) == "zero_shot"
+    assert best_baseline(per_unit, "ndcg_at_10", "hybrid", ("bm25", "hybrid")) == "bm25"
+    with pytest.raises(GateFailed, match="none of the baselines"):
+        best_baseline(per_unit, "ndcg_at_10", "hybrid", ("popularity",))
