@@ -38,3 +38,19 @@ def training_deadline(device: str = "cpu") -> Deadline:
 def budget_env(cpu_minutes: float, gpu_hours: float, started_at: float) -> dict[str, str]:
     """The variables training_deadline reads."""
     return {ENV_CPU: str(cpu_minutes), ENV_GPU: str(gpu_hours), ENV_STARTED: str(started_at)}
+
+
+def lightgbm_budget_callback(deadline: Deadline):
+    """A LightGBM callback that ends boosting once the deadline passes (after the current round).
+
+    Raised as EarlyStopException, so `booster.best_iteration` is the last finished round and the
+    booster keeps every tree up to it; combined with early stopping, put this one after it.
+    """
+    import lightgbm as lgb
+
+    def _stop_at_deadline(env) -> None:
+        if deadline.expired():
+            raise lgb.callback.EarlyStopException(env.iteration, env.evaluation_result_list or [])
+
+    _stop_at_deadline.order = 40  # after lgb.early_stopping (order 30)
+    return _stop_at_deadline

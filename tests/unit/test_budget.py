@@ -45,3 +45,24 @@ def test_budget_from_environment(monkeypatch):
     d = training_deadline("cpu")
     assert d.seconds == 30 and d.expired()  # started at the epoch: long past
     assert training_deadline("cuda").seconds == 7200
+
+
+def test_lightgbm_stops_at_the_deadline():
+    import itertools
+
+    import lightgbm as lgb
+    import numpy as np
+
+    from pipelines.budget import lightgbm_budget_callback
+
+    ticks = itertools.count()  # every clock read advances one second; the budget is 5 s
+    deadline = Deadline(5.0, 0.0, lambda: float(next(ticks)))
+    x = np.random.default_rng(0).normal(size=(200, 3))
+    booster = lgb.train(
+        {"objective": "regression", "verbose": -1},
+        lgb.Dataset(x, x[:, 0]),
+        num_boost_round=100,
+        callbacks=[lightgbm_budget_callback(deadline)],
+    )
+    assert 0 < booster.num_trees() < 100
+    assert booster.best_iteration == booster.num_trees()
