@@ -1,0 +1,233 @@
+"""train_recommend: model selection on the valid fold, then the served model fitted on all history before T.
+
+Folds (EVALUATION.md, with one extra fold so the re-ranker is always scored on users and windows it
+never learned from):
+  selection fold: history before T_valid - selection_window_days, labels up to T_valid
+  valid fold:     history before T_valid, labels [T_valid, T)
+  test fold:      history before T (the test window is never read by this step)
+
+1. Baselines' hyper-parameters (item-kNN k, EASE lambda) are picked on the valid fold.
+2. The re-ranker's valid number: generators fitted on the selection-fold history, ranker trained on
+   its labels, applied to the valid fold (generators refitted on the valid history).
+3. The served model: ranker trained on the valid fold; generators refitted on all history before T.
+
+Outputs:
+  models/recommend/bundle/          see pipelines/recommend_bundle.py
+  models/recommend/selection.json   chosen hyper-parameters and every valid-fold number
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import timedelta
+
+import numpy as np
+import pandas as pd
+
+from components import schema as s
+from components.config import Params
+from components.config_recommend import ProfileParams, RecommendParams
+from components.mf import MFConfig
+from components.ranker import RankerConfig
+from components.rec_baselines import BASELINES, baseline_rankings, build_interactions, prepare_events
+from components.rec_eval import K, evaluate_rankings, evaluation_targets
+from components.rec_features import CandidateConfig, RecState, fit_rec_state
+from components.recommend_model import RecommendModel, train_rec_ranker, user_profiles
+from components.user_encoder import UserEncoderConfig
+from pipelines.common import Paths, content_hash, load_params, mlflow_run, staged_dir, write_json
+from pipelines.io import read_table
+from pipelines.recommend_bundle import save_recommend_bundle
+
+log = logging.getLogger(__name__)
+
+STEP = "train_recommend"
+
+
+def read_fold(paths: Paths, fold: str, window: bool = True) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """(history, window) of one fold from data/split/recommend/<fold>/."""
+    folder = paths.split / "recommend" / fold
+    hist = s.conform(s.EVENTS, pd.read_parquet(folder / "history.parquet"))
+    return hist, (s.conform(s.EVENTS, pd.read_parquet(folder / "window.parquet")) if window else None)
+
+
+def fold_cutoffs(paths: Paths) -> dict[str, pd.Timestamp]:
+    folds = json.loads((paths.split / "recommend" / "folds.json").read_text())
+    return {name: pd.Timestamp(f["cutoff"]) for name, f in folds.items()}
+
+
+def embed_catalog(catalog: pd.DataFrame, rp: RecommendParams, device) -> np.ndarray:
+    """(len(catalog), dim) text embeddings of the item titles (description appended when present)."""
+    from components.encoder import encode_texts, load_encoder
+
+    text = catalog[s.TITLE].fillna("").astype(str)
+    if s.DESCRIPTION in catalog.columns:
+        text = text + ". " + catalog[s.DESCRIPTION].fillna("").astype(str)
+    model, tokenizer = load_encoder(rp.text_encoder, device)
+    return encode_texts(model, tokenizer, text.tolist(), batch_size=rp.active().text_batch_size, device=device)
+
+
+def configs(rp: RecommendParams) -> tuple[MFConfig, UserEncoderConfig, CandidateConfig, RankerConfig]:
+    prof: ProfileParams = rp.active()
+    r = rp.ranker
+    ranker = RankerConfig(
+        num_leaves=r.num_leaves,
+        learning_rate=r.learning_rate,
+        n_estimators=r.n_estimators,
+        min_data_in_leaf=r.min_data_in_leaf,
+        feature_fraction=r.feature_fraction,
+        early_stopping_rounds=r.early_stopping_rounds,
+        eval_at=K,
+    )
+    return (
+        MFConfig(**prof.mf.model_dump()),
+        UserEncoderConfig(**prof.user_encoder.model_dump()),
+        CandidateConfig(**rp.candidates.model_dump()),
+        ranker,
+    )
+
+
+def fit_state(history: pd.DataFrame, catalog: pd.DataFrame, text: np.ndarray, as_of: pd.Timestamp, params: Params, device) -> RecState:
+    mf, enc, cand, _ = configs(params.recommend)
+    return fit_rec_state(history, catalog, text, np.datetime64(as_of.to_datetime64()), mf, enc, cand, params.seed, device)
+
+
+def bought_sets(state: RecState, users: list[str]) -> dict[str, set[str]]:
+    """{user: items bought in the state's history} (empty for unknown users)."""
+    index = {u: i for i, u in enumerate(state.users)}
+    baskets = state.stat("baskets")
+    return {u: set(state.items[baskets[index[u]].indices]) if u in index else set() for u in users}
+
+
+def score_model(model: RecommendModel, targets: dict[str, set[str]]) -> dict[str, dict]:
+    """Valid-fold summaries of the re-ranker and its learned generators, on the same users."""
+    users = list(targets)
+    bought = bought_sets(model.state, users)
+    n = int(model.state.rankable.sum())
+    rankings = {
+        "rerank": model.rank_users(users, K),
+        "mf": model.generator_ranking("mf", users, K),
+        "user_encoder": model.generator_ranking("encoder", users, K),
+    }
+    return {name: evaluate_rankings(r, targets, bought, n).summary() for name, r in rankings.items()}
+
+
+def select_baselines(history: pd.DataFrame, window: pd.DataFrame, rp: RecommendParams) -> dict:
+    """Valid-fold scores of every baseline; item-kNN k and EASE lambda chosen by valid NDCG@20."""
+    events = prepare_events(history)
+    inter = build_interactions(events)
+    targets = evaluation_targets(events, window)
+    users = list(targets)
+    index = inter.user_index()
+    bought = {u: set(inter.items[inter.counts[index[u]].indices]) for u in users}
+    n = len(inter.items)
+
+    def summary(name: str, **kw) -> dict:
+        return evaluate_rankings(baseline_rankings(inter, users, name, K, **kw), targets, bought, n).summary()
+
+    grid_knn = {k: summary("item_knn", knn_k=k) for k in rp.knn_k_grid}
+    grid_ease = {lam: summary("ease", ease_lambda=lam) for lam in rp.ease_lambda_grid}
+    best_k = max(grid_knn, key=lambda k: (grid_knn[k]["ndcg_at_20"], -k))
+    best_lam = max(grid_ease, key=lambda lam: (grid_ease[lam]["ndcg_at_20"], -lam))
+    valid = {name: summary(name) for name in BASELINES if name not in ("item_knn", "ease")}
+    valid["item_knn"], valid["ease"] = grid_knn[best_k], grid_ease[best_lam]
+    return {
+        "item_knn_k": int(best_k),
+        "ease_lambda": float(best_lam),
+        "grid": {
+            "item_knn": {str(k): v["ndcg_at_20"] for k, v in grid_knn.items()},
+            "ease": {str(k): v["ndcg_at_20"] for k, v in grid_ease.items()},
+        },
+        "valid": valid,
+    }
+
+
+def run(params: Params, paths: Paths) -> dict:
+    """Select on valid, fit the served model on history before T, write the bundle; returns selection."""
+    import mlflow
+    import torch
+
+    from components.encoder import pick_device
+
+    rp = params.recommend
+    prof = rp.active()
+    if prof.torch_threads:
+        torch.set_num_threads(prof.torch_threads)
+    device = pick_device(rp.device)
+    catalog_path = paths.validated / "recommend" / "catalog.parquet"
+    inputs = [catalog_path, paths.split / "recommend" / "valid", paths.split / "recommend" / "test" / "history.parquet"]
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+
+    def lap(name: str, since: float) -> float:
+        timings[f"time_{name}_s"] = round(time.perf_counter() - since, 2)
+        log.info("%s took %.1f s", name, timings[f"time_{name}_s"])
+        return time.perf_counter()
+
+    with mlflow_run(STEP, params, paths, inputs=inputs, sections=("recommend",)):
+        mlflow.set_tag("device", str(device))
+        _, _, _, ranker_config = configs(rp)
+        catalog = read_table(paths.validated / "recommend", s.CATALOG)
+        cut = fold_cutoffs(paths)
+        hist_v, win_v = read_fold(paths, "valid")
+        hist_t, _ = read_fold(paths, "test", window=False)  # the test window is evaluation's alone
+        t = time.perf_counter()
+        text = embed_catalog(catalog, rp, device)
+        t = lap("embed", t)
+
+        selection = select_baselines(hist_v, win_v, rp)
+        t = lap("baselines", t)
+
+        sel_cut = cut["valid"] - timedelta(days=rp.selection_window_days)
+        early, late = hist_v.loc[hist_v[s.TIMESTAMP] < sel_cut], hist_v.loc[hist_v[s.TIMESTAMP] >= sel_cut]
+        state_sel = fit_state(early, catalog, text, sel_cut, params, device)
+        booster_sel, info_sel = train_rec_ranker(
+            state_sel, evaluation_targets(early, late), ranker_config, rp.ranker.holdout_share, params.seed
+        )
+        t = lap("selection_fold", t)
+
+        state_v = fit_state(hist_v, catalog, text, cut["valid"], params, device)
+        targets_v = evaluation_targets(hist_v, win_v)
+        selection["valid"].update(score_model(RecommendModel(state_v, booster_sel), targets_v))
+        selection["selection_fold"] = {"cutoff": str(sel_cut), **info_sel}
+        booster, info = train_rec_ranker(state_v, targets_v, ranker_config, rp.ranker.holdout_share, params.seed)
+        selection["final_ranker"] = info
+        t = lap("valid_fold", t)
+
+        state_t = fit_state(hist_t, catalog, text, cut["test"], params, device)
+        model = RecommendModel(state_t, booster, user_profiles(state_t, catalog.set_index(s.PRODUCT_ID)[s.TITLE]))
+        t = lap("test_fold_fit", t)
+
+        extra = {
+            "data_version": content_hash(*inputs),
+            "item_knn_k": selection["item_knn_k"],
+            "ease_lambda": selection["ease_lambda"],
+            "profile": rp.profile,
+            "device": str(device),
+            "text_encoder": rp.text_encoder,
+            "seed": params.seed,
+        }
+        with staged_dir(paths.models / "recommend" / "bundle") as out:
+            save_recommend_bundle(model, out, extra)
+        timings["time_total_s"] = round(time.perf_counter() - started, 2)
+        selection["timings"] = timings
+        write_json(paths.models / "recommend" / "selection.json", selection)
+
+        flat = {f"valid_{m}_{k}": v for m, d in selection["valid"].items() for k, v in d.items() if isinstance(v, float)}
+        mlflow.log_metrics({**flat, **timings, **{f"final_{k}": float(v) for k, v in info.items()}})
+        mlflow.log_dict(selection, "selection.json")
+        log.info(
+            "valid: rerank Recall@20 %.4f, own_frequency %.4f; total %.0f s",
+            selection["valid"]["rerank"]["recall_at_20"],
+            selection["valid"]["own_frequency"]["recall_at_20"],
+            timings["time_total_s"],
+        )
+    return selection
+
+
+if __name__ == "__main__":
+    from pipelines.common import configure_logging
+
+    configure_logging()
+    run(load_params(), Paths())

@@ -1,0 +1,95 @@
+"""train -> evaluate -> register -> bench for recommendation, on 200 real customers, tiny models."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines import bench_recommend, evaluate_recommend, register_recommend, train_recommend
+from pipelines.common import load_params
+from pipelines.recommend_bundle import load_recommend_bundle
+from tests.pipelines._recommend_slice import write_recommend_slice
+
+TINY = {
+    "recommend.cpu.mf": {"dim": 8, "epochs": 2, "lr": 0.02, "reg": 0.0001, "batch_size": 4096},
+    "recommend.cpu.user_encoder": {"dim": 8, "max_len": 20, "epochs": 1, "lr": 0.003, "batch_size": 256, "dropout": 0.1, "max_windows": 1},
+    "recommend.knn_k_grid": [10, 20],
+    "recommend.ease_lambda_grid": [200.0],
+    "recommend.ranker.n_estimators": 20,
+    "recommend.ranker.min_data_in_leaf": 5,
+    "recommend.bench_users": 20,
+}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, online_retail_raw):
+    from pipelines.common import Paths
+
+    mp = pytest.MonkeyPatch()
+    root = tmp_path_factory.mktemp("rec")
+    mp.setenv("HATCHERY_HOME", str(root))
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    paths = Paths(root=root)
+    counts = write_recommend_slice(online_retail_raw, paths)
+    params = load_params(overrides=TINY)
+    selection = train_recommend.run(params, paths)
+    yield params, paths, selection, counts
+    mp.undo()
+
+
+@pytest.mark.slow
+def test_train_writes_a_loadable_bundle(trained):
+    params, paths, selection, counts = trained
+    assert counts["users"] >= 150
+    assert selection["item_knn_k"] in (10, 20) and selection["ease_lambda"] == 200.0
+    for name in ("rerank", "mf", "user_encoder", "own_frequency", "popularity", "item_knn", "ease"):
+        assert 0.0 <= selection["valid"][name]["recall_at_20"] <= 1.0
+    bundle = paths.models / "recommend" / "bundle"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert {"ranker.txt", "mf.safetensors", "user_encoder.safetensors", "profiles.parquet", "popular.json"} <= set(manifest["files"])
+    model = load_recommend_bundle(bundle)
+    user = str(model.state.users[0])
+    recs = model.recommend(user, k=5)
+    assert len(recs) == 5 and {r["source"] for r in recs} <= {"ranker", "popular"}
+    assert model.recommend("unknown-user", k=3)[0]["source"] == "popular"
+    assert model.profile(user)["frequency"] >= 1
+    # A state fitted on history before T never sees the test window.
+    hist = pd.read_parquet(paths.split / "recommend" / "test" / "history.parquet")
+    assert pd.Timestamp(manifest["as_of"]) > hist["timestamp"].max()
+
+
+@pytest.mark.slow
+def test_evaluate_reports_every_model_and_per_user_rows(trained):
+    params, paths, _, _ = trained
+    out = evaluate_recommend.run(params, paths)
+    saved = json.loads((paths.metrics / "recommend.json").read_text())
+    assert saved["primary"] == "rerank"
+    for name in ("rerank", "mf", "user_encoder", "popularity", "own_frequency", "item_knn", "ease"):
+        m = saved["models"][name]
+        assert {"recall_at_20", "recall_at_20_ci", "ndcg_at_20", "ndcg_at_20_ci", "coverage"} <= set(m)
+        assert m["recall_at_20_ci"][0] <= m["recall_at_20"] <= m["recall_at_20_ci"][1]
+    per_user = pd.read_parquet(paths.models / "recommend" / "eval" / "per_user.parquet")
+    assert len(per_user) == out["users"] and set(per_user["buyer_segment"]) <= {"light", "heavy"}
+    assert np.isclose(per_user["rerank__recall_at_20"].mean(), saved["models"]["rerank"]["recall_at_20"])
+    assert (paths.models / "recommend" / "eval" / "models.png").exists()
+
+
+@pytest.mark.slow
+def test_register_is_idempotent_and_bench_runs(trained):
+    params, paths, _, _ = trained
+    first = register_recommend.run(params, paths)
+    again = register_recommend.run(params, paths)
+    assert first["created"] and not again["created"] and again["version"] == first["version"]
+    saved = json.loads((paths.models / "recommend" / "registered.json").read_text())
+    assert saved["version"] == first["version"]
+    import mlflow
+
+    v = mlflow.MlflowClient().get_model_version("hatchery-recommend", str(first["version"]))
+    assert {"data_version", "git_commit", "bundle_hash"} <= set(v.tags)
+    model = mlflow.pyfunc.load_model(f"models:/hatchery-recommend/{first['version']}")
+    user = str(load_recommend_bundle(paths.models / "recommend" / "bundle").state.users[0])
+    pred = model.predict(pd.DataFrame({"user_id": [user, "nobody"], "k": [3, 2]}))
+    assert len(pred) == 5 and set(pred["source"]) <= {"ranker", "popular"}
+    result = bench_recommend.run(params, paths)
+    assert result["recommend_known_user"]["median_ms"] > 0
