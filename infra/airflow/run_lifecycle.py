@@ -14,6 +14,14 @@ The REST API (Airflow 3, /api/v2) takes a JWT: POST /auth/token with the simple 
 (`admin`) and the password standalone generates into
 $AIRFLOW_HOME/simple_auth_manager_passwords.json.generated.
 
+The same from the command line (with the scheduler running, e.g. after this script):
+    export AIRFLOW_HOME=$PWD/airflow_home AIRFLOW__CORE__DAGS_FOLDER=$PWD/dags AIRFLOW__CORE__LOAD_EXAMPLES=False
+    .venv/bin/airflow pools set hatchery_dvc 1 "DVC repository lock"
+    .venv/bin/airflow dags trigger incubation --conf '{"charter": "personalised_recommendations", "overrides": {}}'
+    .venv/bin/airflow dags list-runs incubation
+
+MLflow's UI is started beside it (`mlflow ui` on $MLFLOW_PORT, 5000) unless something answers there.
+
 Exit status: 0 when every run succeeded, 1 when any failed (the reasons are printed), 2 on setup errors.
 Stdlib only: it must run before anything else is importable.
 """
@@ -124,18 +132,39 @@ def start_airflow(env: dict[str, str]) -> subprocess.Popen | None:
     return proc
 
 
-def stop_airflow(home: Path) -> None:
-    pid_file = home / "standalone.pid"
-    if not pid_file.exists():
-        print("no airflow standalone started by this script is recorded")
-        return
-    pid = int(pid_file.read_text())
+def start_mlflow_ui(env: dict[str, str]) -> str:
+    """`mlflow ui` over HATCHERY_HOME's store in the background (pid in airflow_home/mlflow.pid)."""
+    port = env.get("MLFLOW_PORT", "5000")
+    url = f"http://localhost:{port}"
     try:
-        os.killpg(pid, signal.SIGTERM)  # the standalone's own process group (start_new_session)
-        print(f"stopped airflow standalone (pid {pid})")
-    except ProcessLookupError:
-        print(f"airflow standalone (pid {pid}) was not running")
-    pid_file.unlink()
+        urllib.request.urlopen(url + "/health", timeout=3)
+        return url  # already serving
+    except (urllib.error.URLError, OSError):
+        pass
+    home = Path(env["AIRFLOW_HOME"])
+    store = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(env['HATCHERY_HOME']) / 'mlflow.db'}"
+    log = (home / "mlflow_ui.log").open("ab")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri", store, "--port", port],
+        cwd=env["HATCHERY_HOME"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    (home / "mlflow.pid").write_text(str(proc.pid))
+    return url
+
+
+def stop_airflow(home: Path) -> None:
+    """Stop what this script started (standalone.pid, mlflow.pid), each by its own process group."""
+    for name in ("standalone", "mlflow"):
+        pid_file = home / f"{name}.pid"
+        if not pid_file.exists():
+            continue
+        pid = int(pid_file.read_text())
+        try:
+            os.killpg(pid, signal.SIGTERM)  # its own process group (start_new_session)
+            print(f"stopped {name} (pid {pid})")
+        except ProcessLookupError:
+            print(f"{name} (pid {pid}) was not running")
+        pid_file.unlink()
 
 
 def wait_for_dag(api: Api, timeout: float = 600) -> None:
@@ -255,10 +284,10 @@ def main() -> int:
         print(f"  report:  file://{s['path']}")
         if s.get("gate"):
             print(f"  gate:    {'PASS' if s['gate']['passed'] else 'FAIL'} — {s['gate']['reason']}")
-    mlflow_db = Path(env["HATCHERY_HOME"]) / "mlflow.db"
-    print(
-        f"MLflow:  .venv/bin/mlflow ui --backend-store-uri sqlite:///{mlflow_db} --port 5000  ->  http://localhost:5000"
-    )
+    if args.stop_after:
+        print(f"MLflow:  .venv/bin/mlflow ui --backend-store-uri sqlite:///{Path(env['HATCHERY_HOME']) / 'mlflow.db'}")
+    else:
+        print(f"MLflow:  {start_mlflow_ui(env)}  (one run per step; gate/ and incubation/ artifacts)")
     if started is not None and args.stop_after:
         stop_airflow(home)
     elif started is not None:
