@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from _lifecycle_slice import write_slice
+
+from tests.dags._lifecycle_slice import write_slice
 
 pytestmark = pytest.mark.slow
 
