@@ -100,7 +100,12 @@ def gate(plan: dict[str, Any], run_id: str | None) -> dict:
     with recorded(run_id, plan["charter"], "gate", "validation") as entry:
         try:
             report = step.run(charter, paths)
-            entry["result"] = {"passed": True, "reason": report["reason"]}
+            entry["result"] = {
+                "passed": True,
+                "reason": report["reason"],
+                "report": str(run_dir(run_id, plan["charter"]) / "gate.html"),
+                "mlflow_run_id": report["mlflow_run_id"],
+            }
         finally:
             folder = run_dir(run_id, plan["charter"])
             folder.mkdir(parents=True, exist_ok=True)
@@ -108,6 +113,7 @@ def gate(plan: dict[str, Any], run_id: str | None) -> dict:
                 src = paths.reports / "gates" / f"{charter.domain}.{ext}"
                 if src.exists():
                     (folder / f"gate.{ext}").write_bytes(src.read_bytes())
+            log.info("gate report: file://%s", folder / "gate.html")
     return entry["result"]
 
 
