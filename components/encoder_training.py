@@ -63,21 +63,24 @@ def build_training_queries(judgments: pd.DataFrame, product_index: dict[str, int
     excluding every judged product (unjudged products count as gain 0, as in the evaluation).
     """
     rng = np.random.default_rng(seed)
+    pos = judgments[s.PRODUCT_ID].astype(str).map(product_index)
+    frame = pd.DataFrame({"q": judgments[s.QUERY_ID].astype(str).to_numpy(), "text": judgments[s.QUERY].astype(str).to_numpy(),
+                          "p": pos.to_numpy(), "g": judgments[s.RELEVANCE].to_numpy(dtype=np.float32) - 1.0})
+    frame = frame.dropna(subset=["p"]).sort_values(["q", "p"], kind="stable")
     out = []
-    for (_, text), grp in judgments.groupby([s.QUERY_ID, s.QUERY], sort=True):
-        keep = grp[s.PRODUCT_ID].astype(str).isin(product_index)
-        grp = grp[keep]
-        gains = (grp[s.RELEVANCE].to_numpy(dtype=np.float32) - 1.0)
-        if len(grp) == 0 or gains.max() <= 0:
+    for _, grp in frame.groupby("q", sort=True):
+        gains = grp["g"].to_numpy(dtype=np.float32)
+        if gains.max() <= 0:
             continue
-        prods = np.array([product_index[p] for p in grp[s.PRODUCT_ID].astype(str)], dtype=np.int64)
+        text = grp["text"].iloc[0]
+        prods = grp["p"].to_numpy(dtype=np.int64)
         negs = np.zeros(0, dtype=np.int64)
         if hard_negatives > 0:
             scores = bm25.score(text)
             top = top_k(scores, pool)
             top = top[(scores[top] > 0) & ~np.isin(top, prods)]
             negs = rng.choice(top, size=min(hard_negatives, len(top)), replace=False) if len(top) else negs
-        out.append(TrainingQuery(str(text), prods, gains, np.asarray(negs, dtype=np.int64)))
+        out.append(TrainingQuery(text, prods, gains, np.asarray(negs, dtype=np.int64)))
     return out
 
 
@@ -113,7 +116,20 @@ class FinetuneConfig:
     title_max_length: int
     max_steps: int | None = None
     checkpoint_every: int = 200
+    freeze_embeddings: bool = False
+    frozen_layers: int = 0
     adapter_learning_rate: float = 1e-3  # the adapter starts at identity and needs larger steps than the transformer
+
+
+def freeze_bottom(model, embeddings: bool, layers: int) -> None:
+    """Stop gradients into the word embeddings and the first `layers` transformer layers (BERT-style models)."""
+    if embeddings and hasattr(model, "embeddings"):
+        for p in model.embeddings.parameters():
+            p.requires_grad_(False)
+    blocks = getattr(getattr(model, "encoder", None), "layer", [])
+    for block in list(blocks)[:layers]:
+        for p in block.parameters():
+            p.requires_grad_(False)
 
 
 def total_steps(n_queries: int, cfg: FinetuneConfig) -> int:
@@ -157,6 +173,7 @@ def finetune_encoder(
 
     torch.manual_seed(seed)
     model.to(device).train()
+    freeze_bottom(model, cfg.freeze_embeddings, cfg.frozen_layers)
     frozen = frozen_embeddings is not None and not cfg.train_product_tower
     dim = model.config.hidden_size
     adapter = ProductAdapter(dim).to(device) if frozen else None
@@ -191,6 +208,7 @@ def finetune_encoder(
         perm = np.random.default_rng([seed, epoch]).permutation(len(queries))
         batch = [queries[i] for i in perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]][rank::world]
         step_rng = np.random.default_rng([seed, 1_000_003, step])
+        torch.manual_seed(seed * 1_000_003 + step)  # dropout masks depend on (seed, step) only: resumable
         pools = [np.concatenate([tq.products, tq.negatives]) for tq in batch]
         if cfg.random_negatives:
             pools.append(step_rng.choice(n_products, size=min(cfg.random_negatives, n_products), replace=False))
@@ -221,7 +239,7 @@ def finetune_encoder(
         history.append({"step": step + 1, "loss": float(loss.detach()), "candidates": int(len(cand))})
         if bar is not None:
             rate = seen * world / max(time.perf_counter() - tick, 1e-9)
-            bar.set_postfix(loss=f"{float(loss):.3f}", queries_per_s=f"{rate:.0f}")
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", queries_per_s=f"{rate:.0f}")
             bar.update(1)
         if save_checkpoint is not None and rank == 0 and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < steps:
             save_checkpoint({"step": step + 1, "model": model.state_dict(),

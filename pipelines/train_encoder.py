@@ -137,7 +137,7 @@ def run(params: Params, paths: Paths, progress: bool = True) -> dict:
         epochs=tp.epochs, batch_size=tp.batch_size, learning_rate=tp.learning_rate, warmup_fraction=tp.warmup_fraction,
         temperature=tp.temperature, random_negatives=tp.random_negatives, train_product_tower=tp.train_product_tower,
         query_max_length=sp.query_max_length, title_max_length=sp.title_max_length, max_steps=tp.max_steps,
-        checkpoint_every=tp.checkpoint_every,
+        checkpoint_every=tp.checkpoint_every, freeze_embeddings=tp.freeze_embeddings, frozen_layers=tp.frozen_layers,
     )
     ckpt = checkpoint_dir(paths) / "latest"
     import contextlib

@@ -1,0 +1,101 @@
+"""Encoder fine-tuning: the loss, the fold split, hard negatives, and resume == uninterrupted run."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from components import schema as s
+from components.bm25 import fit_bm25
+from components.encoder_training import (
+    FinetuneConfig,
+    apply_adapter,
+    build_training_queries,
+    finetune_encoder,
+    in_ranker_fold,
+    soft_contrastive_loss,
+)
+
+TITLES = ["cordless drill 18v", "drill bit set", "garden hose 50 ft", "hose reel", "led bulb 60w", "drill press"]
+
+
+def test_loss_is_lowest_when_each_query_points_at_its_positive() -> None:
+    p = torch.eye(3)
+    target = torch.eye(3)
+    aligned = soft_contrastive_loss(torch.eye(3), p, target, 0.05)
+    shuffled = soft_contrastive_loss(torch.eye(3)[[1, 2, 0]], p, target, 0.05)
+    assert aligned.item() < 1e-6 < shuffled.item()
+
+
+def test_graded_target_prefers_the_higher_gain() -> None:
+    p = torch.eye(2)
+    target = torch.tensor([[2.0, 1.0]])
+    toward_best = soft_contrastive_loss(torch.tensor([[0.8, 0.6]]), p, target, 1.0)
+    toward_worse = soft_contrastive_loss(torch.tensor([[0.6, 0.8]]), p, target, 1.0)
+    assert toward_best < toward_worse
+
+
+def test_ranker_fold_is_stable_and_about_the_fraction() -> None:
+    ids = [f"q{i}" for i in range(2000)]
+    a, b = in_ranker_fold(ids, 0.3, seed=0), in_ranker_fold(ids, 0.3, seed=0)
+    assert (a == b).all() and 0.25 < a.mean() < 0.35
+    assert (in_ranker_fold(ids, 0.3, seed=1) != a).any()
+
+
+def test_hard_negatives_never_include_judged_products() -> None:
+    judgments = pd.DataFrame({s.QUERY_ID: ["q1", "q1", "q2"], s.QUERY: ["drill", "drill", "hose"],
+                              s.PRODUCT_ID: ["0", "1", "2"], s.RELEVANCE: [3.0, 1.0, 1.0]})
+    index = {str(i): i for i in range(len(TITLES))}
+    tq = build_training_queries(judgments, index, fit_bm25(TITLES), hard_negatives=5, pool=10, seed=0)
+    assert len(tq) == 1  # q2 has no positive gain
+    assert set(tq[0].negatives.tolist()) == {5}  # "drill press": BM25 hit, unjudged
+    np.testing.assert_allclose(tq[0].gains, [2.0, 0.0])
+
+
+def test_adapter_output_is_unit_length() -> None:
+    x = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
+    out = apply_adapter(x, np.eye(3) * 2)
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_resumed_run_matches_uninterrupted_run() -> None:
+    from components.encoder import encode_texts, load_encoder
+
+    torch.set_num_threads(1)
+    judgments = pd.DataFrame({s.QUERY_ID: ["a", "b", "c", "d"], s.QUERY: ["power drill", "water hose", "bulb", "bits"],
+                              s.PRODUCT_ID: ["0", "2", "4", "1"], s.RELEVANCE: [3.0, 3.0, 2.0, 2.5]})
+    index = {str(i): i for i in range(len(TITLES))}
+    queries = build_training_queries(judgments, index, fit_bm25(TITLES), 2, 5, seed=0)
+    cfg = FinetuneConfig(epochs=2, batch_size=2, learning_rate=1e-4, warmup_fraction=0.0, temperature=0.05,
+                         random_negatives=2, train_product_tower=False, query_max_length=8, title_max_length=8,
+                         checkpoint_every=2)
+    model, tok = load_encoder(device=torch.device("cpu"))
+    frozen = encode_texts(model, tok, TITLES, max_length=8)
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    device = torch.device("cpu")
+
+    _, w_full, hist_full = finetune_encoder(model, tok, queries, TITLES, frozen, cfg, device, 0, progress=False)
+    full_state = {k: v.clone() for k, v in model.state_dict().items()}
+
+    saved = []
+    model.load_state_dict(init)
+    partial = FinetuneConfig(**{**cfg.__dict__, "max_steps": 2})
+    finetune_encoder(model, tok, queries, TITLES, frozen, partial, device, 0, progress=False,
+                     save_checkpoint=saved.append)
+    assert saved == []  # nothing saved at the very last step of a run
+    model.load_state_dict(init)
+    finetune_encoder(model, tok, queries, TITLES, frozen, cfg, device, 0, progress=False,
+                     save_checkpoint=lambda st: saved.append(copy.deepcopy(st)) if not saved else None)
+    model.load_state_dict(init)
+    _, w_res, hist_res = finetune_encoder(model, tok, queries, TITLES, frozen, cfg, device, 0, resume=saved[0],
+                                          progress=False)
+    assert [h["step"] for h in hist_res] == [3, 4]
+    np.testing.assert_allclose([h["loss"] for h in hist_res], [h["loss"] for h in hist_full[2:]], rtol=1e-4)
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, full_state[k], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(w_res, w_full, rtol=1e-4, atol=1e-5)
