@@ -119,10 +119,56 @@ def registry_champion(domain: str, root: Path) -> ro.ModelRef | None:
 
 
 # --- per-domain routing ----------------------------------------------------------------------------
+class QueryCache:
+    """LRU of query-tower embeddings by cleaned query text, one per loaded model version.
+
+    Shop traffic is head-heavy: the encoder (the bulk of a search's CPU time) runs once per distinct
+    query. The cached vector is the encoder's own output, so scores are unchanged.
+    """
+
+    def __init__(self, capacity: int = 20_000) -> None:
+        from collections import OrderedDict
+
+        self.capacity, self._items, self._lock = capacity, OrderedDict(), threading.Lock()
+        self.hits = self.misses = 0
+
+    def get_or_compute(self, key: str, compute):
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                self.hits += 1
+                return self._items[key]
+            self.misses += 1
+        value = compute()
+        with self._lock:
+            self._items[key] = value
+            if len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+        return value
+
+
+def search_results(model, cache: QueryCache | None, query: str, k: int, explain: bool = False) -> list[dict]:
+    """SearchModel's ranking of one query with a cached query embedding (explain: SearchModel.search itself).
+
+    rank_queries is the batch path the offline evaluation scores with; the results are built exactly
+    as SearchModel.search builds them.
+    """
+    q = model.clean_query(query)
+    if explain or cache is None or not q:
+        return model.search(query, k=k, explain=explain)
+    emb = cache.get_or_compute(q, lambda: model.encode_queries([q])[0])
+    idx, scores = model.rank_queries([q], k=k, q_embs=emb[None, :])[0]
+    return [
+        {"product_id": str(model.product_ids[c]), "title": model.titles[c], "score": float(v)}
+        for c, v in zip(idx.tolist(), scores.tolist(), strict=True)
+    ]
+
+
 @dataclass
 class Loaded:
     ref: ro.ModelRef
     model: Any
+    cache: QueryCache | None = None
 
 
 class DomainRuntime:
@@ -178,7 +224,7 @@ class DomainRuntime:
         t0 = time.perf_counter()
         model = (self.loader or default_model_loader)(self.domain, resolve_bundle(ref.uri, self.root))
         log.info("loaded %s v%s in %.1f s", self.domain, ref.version, time.perf_counter() - t0)
-        return Loaded(ref, model)
+        return Loaded(ref, model, QueryCache() if self.domain == "search" else None)
 
     def _apply(self, state: ro.RolloutState, champion_ref: ro.ModelRef | None = None) -> None:
         """Load what `state` names (reusing loaded versions), then swap everything in at once."""
@@ -235,7 +281,8 @@ class DomainRuntime:
     def call(self, endpoint: str, unit: str, fn, top_ids) -> dict[str, Any]:
         """Answer one request: route it, score with the arm's model, log; never fails for the challenger.
 
-        fn(model) -> results; top_ids(results) -> product ids best first (for the shadow agreement log).
+        fn(loaded) -> results, from loaded.model (and loaded.cache); top_ids(results) -> product ids best
+        first (for the shadow agreement log).
         """
         self.poll_state()
         with self._lock:
@@ -272,7 +319,7 @@ class DomainRuntime:
         t0 = time.perf_counter()
         error, results = None, None
         try:
-            results = fn(loaded.model)
+            results = fn(loaded)
             return results
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"[:300]

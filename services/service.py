@@ -147,8 +147,10 @@ class Hatchery:
     @bentoml.api(input_spec=SearchRequest)
     def search(self, query: str, k: int = 10, explain: bool = False, session_id: str | None = None) -> dict[str, Any]:
         """Ranked products for a free-text query, with the model version and rollout arm that answered."""
+        from services.runtime import search_results
+
         return self._call(
-            "search", "search", session_id or query, lambda m: m.search(query, k=k, explain=explain), _ids
+            "search", "search", session_id or query, lambda m: search_results(m.model, m.cache, query, k, explain), _ids
         )
 
     @bentoml.api(input_spec=RecommendRequest)
@@ -161,7 +163,7 @@ class Hatchery:
             "recommend",
             "recommend",
             pseudo,
-            lambda m: normalize_items(m.recommend(pseudo, k=k, exclude_purchased=exclude_purchased)),
+            lambda m: normalize_items(m.model.recommend(pseudo, k=k, exclude_purchased=exclude_purchased)),
             _ids,
         )
 
@@ -172,7 +174,7 @@ class Hatchery:
             "recommend",
             "similar",
             session_id or product_id,
-            lambda m: normalize_items(m.similar(product_id, k=k)),
+            lambda m: normalize_items(m.model.similar(product_id, k=k)),
             _ids,
         )
 

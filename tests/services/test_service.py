@@ -83,22 +83,32 @@ def _register(world, bundle: Path, fault: str | None = None) -> str:
     return str(version)
 
 
-class _Raising:
-    """A challenger that raises on every request (rollout mechanics only)."""
+class _Faulty:
+    """A challenger whose every model method raises (rollout mechanics only, never quality)."""
 
     def __init__(self, model) -> None:
-        self.model = model
+        self._model = model
 
-    def search(self, *args, **kwargs):
-        raise RuntimeError("injected failure")
+    def __getattr__(self, name):
+        attr = getattr(self._model, name)
+        return self._wrap(attr) if name in ("search", "rank_queries", "recommend", "similar") else attr
+
+    def _wrap(self, fn):
+        def raising(*args, **kwargs):
+            raise RuntimeError("injected failure")
+
+        return raising
 
 
-class _Slow(_Raising):
-    """A challenger that answers correctly, 300 ms late."""
+class _Slow(_Faulty):
+    """A challenger that answers correctly, 600 ms late (the charter allows a p99 of 150 ms)."""
 
-    def search(self, *args, **kwargs):
-        time.sleep(0.3)
-        return self.model.search(*args, **kwargs)
+    def _wrap(self, fn):
+        def slow(*args, **kwargs):
+            time.sleep(0.6)
+            return fn(*args, **kwargs)
+
+        return slow
 
 
 @pytest.fixture(autouse=True)
@@ -111,13 +121,18 @@ def _fault_injection(monkeypatch):
     def loader(domain, bundle):
         model = real(domain, bundle)
         fault = json.loads((Path(bundle) / "manifest.json").read_text()).get("test_fault")
-        return {"raise": _Raising, "slow": _Slow}[fault](model) if fault else model
+        return {"raise": _Faulty, "slow": _Slow}[fault](model) if fault else model
 
     monkeypatch.setattr(rt, "default_model_loader", loader)
 
 
 def _charter(**exit_updates):
-    """semantic_search with its criteria kept but the online quality ratio relaxed (tiny-slice noise)."""
+    """semantic_search's plan with some exit criteria replaced.
+
+    The tests relax the online quality ratio (a 120-product slice's CTR is noise) and, for healthy
+    challengers, the latency limit (2 shared cores running other jobs: a healthy p99 is not under
+    the charter's 150 ms here); the faulty challengers are far outside either way.
+    """
     from pipelines.requirements import load_charter
 
     c = load_charter("semantic_search")
@@ -241,9 +256,10 @@ def test_good_challenger_goes_shadow_canary_full_and_back_one_command_away(world
     from pipelines import rollout
 
     v2 = _register(world, world["bundles"]["v2"])
-    final = _drive(world, _charter(min_primary_ratio=0.0))
-    assert final.phase == "full" and final.champion.version == v2 and final.previous_champion.version == "1"
-    assert world["registry"].get_model_version_by_alias(NAME, "champion").version == v2
+    final = _drive(world, _charter(min_primary_ratio=0.0, max_latency_p99_ms=2000.0))
+    assert final.phase == "full", final.reason
+    assert final.champion.version == v2 and final.previous_champion.version == "1"
+    assert str(world["registry"].get_model_version_by_alias(NAME, "champion").version) == v2
     audit = rollout.read_audit(world["paths"], "search")
     actions = [a["action"] for a in audit]
     assert actions[-5:] == ["start_shadow", "canary_step", "canary_step", "canary_step", "promote"]
@@ -259,7 +275,7 @@ def test_good_challenger_goes_shadow_canary_full_and_back_one_command_away(world
     assert world["http"].post("/search", json={"query": "drill"}).json()["model_version"] == v2
 
     assert rollout.main(["rollback", "semantic_search", "--reason", "test"]) == 0  # the previous champion, by hand
-    assert world["registry"].get_model_version_by_alias(NAME, "champion").version == "1"
+    assert str(world["registry"].get_model_version_by_alias(NAME, "champion").version) == "1"
     deadline = time.monotonic() + 30
     while world["http"].post("/search", json={"query": "drill"}).json()["model_version"] != "1":
         assert time.monotonic() < deadline
@@ -270,7 +286,7 @@ def test_good_challenger_goes_shadow_canary_full_and_back_one_command_away(world
 def test_challenger_that_raises_is_rolled_back_in_canary_while_every_request_succeeds(world) -> None:
     from pipelines import rollout
 
-    charter = _charter(min_primary_ratio=0.0)
+    charter = _charter(min_primary_ratio=0.0, max_latency_p99_ms=2000.0)
     v = _register(world, world["bundles"]["v2"], fault="raise")
     n_before = len(_feedback_statuses(world))
     state = rollout.begin(world["paths"], charter, "test")
@@ -284,7 +300,7 @@ def test_challenger_that_raises_is_rolled_back_in_canary_while_every_request_suc
     assert set(_feedback_statuses(world)[n_before:]) == {200}
     tags = world["registry"].get_model_version(NAME, v).tags
     assert tags["rollout_status"] == "rejected" and "error rate" in tags["rollout_reason"]
-    assert world["registry"].get_model_version_by_alias(NAME, "champion").version == "1"
+    assert str(world["registry"].get_model_version_by_alias(NAME, "champion").version) == "1"
     fallbacks = [
         json.loads(x)
         for x in (rollout.rollout_dir(world["paths"], "search") / "feedback.jsonl").read_text().splitlines()[n_before:]
@@ -302,30 +318,45 @@ def test_slow_challenger_is_rolled_back_in_shadow_without_slowing_answers(world)
     assert world["registry"].get_model_version(NAME, v).tags["rollout_status"] == "rejected"
 
 
+RESTARTED = """
+import json, sys
+from starlette.testclient import TestClient
+from services.service import Hatchery
+with TestClient(Hatchery.to_asgi()) as http:
+    status = http.post("/rollout_status", json={}).json()["search"]
+    arms = [http.post("/search", json={"query": "drill", "session_id": s}).json()["arm"] for s in sys.argv[1:]]
+print(json.dumps({"state": status["state"], "challenger": status["challenger"], "arms": arms}))
+"""
+
+
 @pytest.mark.slow
 def test_restarted_service_resumes_the_same_canary_and_arms(world) -> None:
-    from starlette.testclient import TestClient
-
     from pipelines import rollout
-    from services.service import Hatchery
 
-    charter = _charter(min_primary_ratio=0.0)
-    _register(world, world["bundles"]["v2"])
+    charter = _charter(min_primary_ratio=0.0, max_latency_p99_ms=2000.0)
+    v = _register(world, world["bundles"]["v2"])
     state = rollout.begin(world["paths"], charter, "test")
     state = rollout.save(world["paths"], *ro.enter_canary_step(state, 0, 0.5, time.time(), "test", "to 50%"))
     sessions = [f"s{i}" for i in range(30)]
-
-    def arms(http) -> list[str]:
-        rollout.wait_for_service(lambda: http.post("/rollout_status", json={}).json(), state)
-        return [http.post("/search", json={"query": "drill", "session_id": s}).json()["arm"] for s in sessions]
-
-    first = arms(world["http"])
+    http = world["http"]
+    rollout.wait_for_service(lambda: http.post("/rollout_status", json={}).json(), state)
+    first = [http.post("/search", json={"query": "drill", "session_id": s}).json()["arm"] for s in sessions]
     assert 0 < first.count("challenger") < len(sessions)
-    with TestClient(Hatchery.to_asgi()) as restarted:
-        seen = restarted.post("/rollout_status", json={}).json()["search"]
-        assert seen["state"]["phase"] == "canary" and seen["state"]["step"] == 0
-        assert seen["state"]["rollout_id"] == state.rollout_id
-        assert arms(restarted) == first
+    # A new process on the same root: the restarted service reads the state file at start.
+    env = {**os.environ, **world["env"], "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-c", RESTARTED, *sessions],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert seen["state"]["phase"] == "canary" and seen["state"]["step"] == 0
+    assert seen["state"]["rollout_id"] == state.rollout_id and seen["challenger"] == v
+    assert seen["arms"] == first
     rollout.do_rollback(world["paths"], charter, rollout.load_state(world["paths"], "search"), "end of test", "test")
 
 
@@ -357,12 +388,14 @@ def test_bentoml_serve_over_http_with_a_load_test(world, tmp_path) -> None:
         "--port",
         str(port),
     ]
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # A file, not a pipe: the access log of thousands of requests would fill a pipe nobody reads and block the server.
+    log_file = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 150
         while True:
-            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "service not ready in 150 s"
             try:
                 if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
@@ -370,7 +403,7 @@ def test_bentoml_serve_over_http_with_a_load_test(world, tmp_path) -> None:
             except httpx.HTTPError:
                 pass
             time.sleep(1)
-        with httpx.Client(base_url=url, timeout=30) as http:
+        with httpx.Client(base_url=url, timeout=60) as http:
             assert http.post("/search", json={"query": "wood screws", "k": 3}).json()["model_version"] == "local"
             assert (
                 http.post("/search", content=b"{oops", headers={"content-type": "application/json"}).status_code == 400
@@ -379,7 +412,7 @@ def test_bentoml_serve_over_http_with_a_load_test(world, tmp_path) -> None:
             assert http.get("/").status_code == 200  # the Swagger UI page
 
             queries = sorted(world["judgments"]["query"].unique())
-            n, start = 2000, time.monotonic()
+            n, start = 3000, time.monotonic()
 
             def one(i: int) -> int:
                 return http.post("/search", json={"query": queries[i % len(queries)], "k": 10}).status_code
@@ -402,3 +435,4 @@ def test_bentoml_serve_over_http_with_a_load_test(world, tmp_path) -> None:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+        log_file.close()

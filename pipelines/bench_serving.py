@@ -1,0 +1,254 @@
+"""bench_serving: latency and throughput of /search and /recommend through `bentoml serve`, next to in-process.
+
+For each endpoint and concurrency (1 and 8): p50/p95/p99 latency (ms) and throughput (requests/s) of
+  in-process  the exact function the endpoint calls (services.runtime.search_results with a fresh
+              query cache; RecommendModel.recommend on the pseudonymised id), in this process;
+  served      HTTP POSTs to a `bentoml serve services.service:Hatchery` started here on a free
+              localhost port, from a client in this process;
+and the overhead ratio served / in-process (p50 and p99). Requests are distinct held-out test queries
+(each setting its own slice: every query is a query-cache miss, the cold path) and test-window users.
+Peak RSS: VmHWM of the serving processes (the bentoml supervisor and its worker), MiB.
+
+Models: --search-bundle / --recommend-bundle (default models/<domain>/bundle, the full catalogs).
+Output: reports/bench/serving.json and a table on stdout.
+
+Usage: python -m pipelines.bench_serving [--requests 200] [--search-bundle DIR] [--recommend-bundle DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from components import schema as s
+from pipelines.common import REPO_ROOT, Paths, pseudonym_salt, write_json
+
+log = logging.getLogger(__name__)
+
+STEP = "bench_serving"
+CONCURRENCY = (1, 8)
+
+
+def summarize(latencies_s: list[float], wall_s: float) -> dict[str, float]:
+    ms = np.asarray(latencies_s) * 1000.0
+    return {
+        "n": int(len(ms)),
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p95_ms": float(np.percentile(ms, 95)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "throughput_rps": float(len(ms) / wall_s),
+    }
+
+
+def measure(call, payloads: list[Any], concurrency: int) -> dict[str, float]:
+    """Latency of each call(payload) and the throughput of all of them at `concurrency` threads."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def one(p) -> None:
+        t0 = time.perf_counter()
+        call(p)
+        dt = time.perf_counter() - t0
+        with lock:
+            latencies.append(dt)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        list(pool.map(one, payloads))
+    return summarize(latencies, time.perf_counter() - start)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _peak_rss_mib(pid: int) -> float:
+    """Sum of VmHWM (peak resident set) over the process and its children, MiB."""
+    import psutil
+
+    total = 0
+    for p in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
+        try:
+            for line in Path(f"/proc/{p.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+        except (OSError, psutil.Error):
+            continue
+    return total / 1024.0
+
+
+def workload(paths: Paths, n: int, seed: int) -> dict[str, list]:
+    """Distinct test queries (one slice per concurrency) and raw ids of test-window users."""
+    from pipelines.replay import raw_user_ids
+
+    rng = np.random.default_rng(seed)
+    queries = pd.read_parquet(paths.split / "search" / "test.parquet")[s.QUERY].drop_duplicates().tolist()
+    rng.shuffle(queries)
+    window = pd.read_parquet(paths.split / "recommend" / "test" / "window.parquet", columns=[s.USER_ID])
+    to_raw = raw_user_ids(pseudonym_salt())
+    users = [to_raw[u] for u in sorted(window[s.USER_ID].unique()) if u in to_raw]
+    rng.shuffle(users)
+    return {"queries": queries, "users": users}
+
+
+def run(paths: Paths, search_bundle: Path | None, recommend_bundle: Path | None, n: int, seed: int = 0) -> dict:
+    import httpx
+
+    from services.runtime import QueryCache, default_model_loader, pseudonymous_user, search_results
+
+    work = workload(paths, n, seed)
+    salt = pseudonym_salt()
+    bundles = {"search": search_bundle, "recommend": recommend_bundle}
+    bundles = {d: b for d, b in bundles.items() if b is not None and (Path(b) / "manifest.json").exists()}
+    if not bundles:
+        raise FileNotFoundError("no bundle to benchmark: train the models or pass --search-bundle/--recommend-bundle")
+    need = n * 2 * len(CONCURRENCY)  # in-process and served each get their own distinct queries
+    if len(work["queries"]) < need:
+        log.warning(
+            "only %d distinct test queries for %d requests: some repeat (query-cache hits)", len(work["queries"]), need
+        )
+
+    def requests_for(domain: str, slot: int) -> list:
+        pool = work["queries"] if domain == "search" else work["users"]
+        return [pool[(slot * n + i) % len(pool)] for i in range(n)]
+
+    results: dict[str, Any] = {
+        "requests_per_setting": n,
+        "cpu_count": os.cpu_count(),
+        "bundles": {d: str(b) for d, b in bundles.items()},
+        "settings": {},
+    }
+    # In-process: the function each endpoint calls.
+    models = {d: default_model_loader(d, Path(b)) for d, b in bundles.items()}
+    calls = {
+        "search": lambda cache: lambda q: search_results(models["search"], cache, q, 10),
+        "recommend": lambda cache: lambda u: models["recommend"].recommend(pseudonymous_user(u, salt), k=20),
+    }
+    for d in bundles:
+        for j, c in enumerate(CONCURRENCY):
+            call = calls[d](QueryCache())
+            for q in requests_for(d, 99)[:5]:  # warm-up (lazy init, first allocations)
+                call(q)
+            results["settings"][f"{d}@{c}"] = {"in_process": measure(call, requests_for(d, j), c)}
+            log.info("in-process %s@%d: %s", d, c, results["settings"][f"{d}@{c}"]["in_process"])
+    models.clear()  # free the in-process copies before the server loads its own
+
+    port = _free_port()
+    with tempfile.TemporaryDirectory() as home:
+        env = {
+            **os.environ,
+            "HATCHERY_HOME": home,
+            "HATCHERY_PSEUDONYM_SALT": salt,
+            "MLFLOW_TRACKING_URI": f"sqlite:///{home}/mlflow.db",
+        }
+        for d, b in bundles.items():
+            env[f"HATCHERY_{d.upper()}_BUNDLE"] = str(Path(b).resolve())
+        cmd = [
+            str(Path(sys.executable).parent / "bentoml"),
+            "serve",
+            "services.service:Hatchery",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
+        log_path = Path(home) / "serve.log"
+        with log_path.open("w") as log_file:
+            proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+            try:
+                url = f"http://127.0.0.1:{port}"
+                start = time.monotonic()
+                while True:
+                    if proc.poll() is not None:
+                        raise RuntimeError(f"bentoml serve exited:\n{log_path.read_text()[-3000:]}")
+                    try:
+                        if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                            break
+                    except httpx.HTTPError:
+                        pass
+                    if time.monotonic() - start > 300:
+                        raise TimeoutError("bentoml serve not ready in 300 s")
+                    time.sleep(0.5)
+                results["startup_s"] = round(time.monotonic() - start, 1)
+                with httpx.Client(base_url=url, timeout=60, limits=httpx.Limits(max_connections=16)) as http:
+
+                    def post(domain: str):
+                        path, key = ("/search", "query") if domain == "search" else ("/recommend", "user_id")
+                        extra = {"k": 10} if domain == "search" else {"k": 20}
+
+                        def call(value) -> None:
+                            r = http.post(path, json={key: value, **extra})
+                            if r.status_code != 200:
+                                raise RuntimeError(f"{path} answered {r.status_code}: {r.text[:300]}")
+
+                        return call
+
+                    for d in bundles:
+                        for q in requests_for(d, 98)[:5]:
+                            post(d)(q)
+                        for j, c in enumerate(CONCURRENCY):
+                            served = measure(post(d), requests_for(d, len(CONCURRENCY) + j), c)
+                            setting = results["settings"][f"{d}@{c}"]
+                            setting["served"] = served
+                            setting["overhead_p50"] = served["p50_ms"] / setting["in_process"]["p50_ms"]
+                            setting["overhead_p99"] = served["p99_ms"] / setting["in_process"]["p99_ms"]
+                            log.info("served %s@%d: %s", d, c, served)
+                results["peak_rss_mib"] = round(_peak_rss_mib(proc.pid), 1)
+            finally:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+    write_json(paths.reports / "bench" / "serving.json", results)
+    return results
+
+
+def render(results: dict) -> str:
+    lines = [
+        f"{'setting':<14}{'path':<12}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'req/s':>9}{'ovh p50':>9}{'ovh p99':>9}"
+    ]
+    for name, st in results["settings"].items():
+        for path in ("in_process", "served"):
+            if path not in st:
+                continue
+            m = st[path]
+            ovh = (f"{st['overhead_p50']:>9.2f}{st['overhead_p99']:>9.2f}") if path == "served" else ""
+            lines.append(
+                f"{name:<14}{path:<12}{m['p50_ms']:>9.1f}{m['p95_ms']:>9.1f}{m['p99_ms']:>9.1f}"
+                f"{m['throughput_rps']:>9.1f}{ovh}"
+            )
+    lines.append(
+        f"peak RSS of the serving processes: {results.get('peak_rss_mib')} MiB; "
+        f"startup {results.get('startup_s')} s; {results['requests_per_setting']} requests per setting"
+    )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    from pipelines.common import configure_logging
+
+    configure_logging()
+    paths = Paths()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=200)
+    ap.add_argument("--search-bundle", type=Path, default=paths.models / "search" / "bundle")
+    ap.add_argument("--recommend-bundle", type=Path, default=paths.models / "recommend" / "bundle")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    print(render(run(paths, args.search_bundle, args.recommend_bundle, args.requests, args.seed)))
