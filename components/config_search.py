@@ -80,7 +80,7 @@ class SearchParams(_Frozen):
     # Out-of-fold share of train queries held out from the encoder and the product priors: the ranker
     # learns on them, so its features look like they will at test time.
     ranker_fraction: float = Field(0.3, gt=0, lt=1)
-    candidates_per_source: int = Field(100, ge=1)  # from each of BM25, expanded BM25 and the dense index
+    candidates_per_source: int = Field(150, ge=1)  # from each of BM25, expanded BM25 and the dense index
     rrf_k: int = Field(60, ge=1)
     min_expansion_relevance: float = 2.0  # train judgments at or above this expand a product's text
     ann: AnnParams = AnnParams()
