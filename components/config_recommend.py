@@ -59,12 +59,12 @@ class CandidateParams(_Frozen):
 class RecRankerParams(_Frozen):
     """LightGBM LambdaRank re-ranker (components/ranker.RankerConfig)."""
 
-    num_leaves: int = Field(31, ge=2)
-    learning_rate: float = Field(0.05, gt=0)
-    n_estimators: int = Field(500, ge=1)
+    num_leaves: int = Field(15, ge=2)
+    learning_rate: float = Field(0.02, gt=0)
+    n_estimators: int = Field(1000, ge=1)
     min_data_in_leaf: int = Field(50, ge=1)
     feature_fraction: float = Field(0.9, gt=0, le=1)
-    early_stopping_rounds: int = Field(50, ge=1)
+    early_stopping_rounds: int = Field(100, ge=1)
     # Share of the ranker's training users held out for early stopping (by a stable user hash).
     holdout_share: float = Field(0.2, gt=0, lt=1)
 

@@ -166,8 +166,10 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     scores: (n_rows, n_items). Returns (n_rows, min(k, n_items)) int64.
     """
     k = min(k, scores.shape[1])
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else np.tile(
-        np.arange(scores.shape[1]), (scores.shape[0], 1)
+    part = (
+        np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        if k < scores.shape[1]
+        else np.tile(np.arange(scores.shape[1]), (scores.shape[0], 1))
     )
     vals = np.take_along_axis(scores, part, axis=1)
     # lexsort: last key is primary -> sort by -score, then by column index for deterministic ties.

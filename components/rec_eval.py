@@ -30,8 +30,10 @@ def evaluation_targets(history: pd.DataFrame, window: pd.DataFrame) -> dict[str,
     return {u: grouped[u] for u in sorted(grouped)}
 
 
-def buyer_segments(history: pd.DataFrame, users: Sequence[str], heavy_min_baskets: int = HEAVY_MIN_BASKETS) -> np.ndarray:
-    """"light"/"heavy" per user by the number of distinct baskets (sessions) in the history."""
+def buyer_segments(
+    history: pd.DataFrame, users: Sequence[str], heavy_min_baskets: int = HEAVY_MIN_BASKETS
+) -> np.ndarray:
+    """ "light"/"heavy" per user by the number of distinct baskets (sessions) in the history."""
     baskets = history.groupby(history[s.USER_ID].astype(str))[s.SESSION_ID].nunique()
     n = baskets.reindex(list(users)).fillna(0).to_numpy()
     return np.where(n >= heavy_min_baskets, "heavy", "light")

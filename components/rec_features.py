@@ -21,7 +21,7 @@ import scipy.sparse as sp
 
 from components import schema as s
 from components.mf import MFConfig, train_bpr
-from components.rec_baselines import Interactions, build_interactions, item_knn_similarity, prepare_events
+from components.rec_baselines import build_interactions, item_knn_similarity, prepare_events
 from components.user_encoder import UserEncoderConfig, encode_users, item_vectors, train_user_encoder
 
 DAY = np.timedelta64(1, "D")
@@ -124,7 +124,9 @@ class RecState:
 
 def item_universe(events: pd.DataFrame, catalog: pd.DataFrame) -> np.ndarray:
     """Sorted ids of every catalog item and every item in the events."""
-    return np.array(sorted(set(catalog[s.PRODUCT_ID].astype(str)) | set(events[s.PRODUCT_ID].astype(str))), dtype=object)
+    return np.array(
+        sorted(set(catalog[s.PRODUCT_ID].astype(str)) | set(events[s.PRODUCT_ID].astype(str))), dtype=object
+    )
 
 
 def user_sequences(events: pd.DataFrame, users: np.ndarray, items: np.ndarray) -> list[list[int]]:
@@ -292,7 +294,13 @@ def candidate_features(state: RecState, rows: np.ndarray) -> tuple[np.ndarray, n
     scores = generator_scores(state, rows)
     n_items = len(state.items)
     take = np.zeros((len(rows), n_items), dtype=bool)
-    for name, n in (("own", cfg.own), ("knn", cfg.knn), ("mf", cfg.mf), ("encoder", cfg.encoder), ("trending", cfg.trending)):
+    for name, n in (
+        ("own", cfg.own),
+        ("knn", cfg.knn),
+        ("mf", cfg.mf),
+        ("encoder", cfg.encoder),
+        ("trending", cfg.trending),
+    ):
         sc = scores[name]
         n = min(n, n_items)
         if n <= 0:
@@ -352,7 +360,9 @@ def candidate_features(state: RecState, rows: np.ndarray) -> tuple[np.ndarray, n
     return rows[r_idx], i_idx, x
 
 
-def candidate_labels(state: RecState, cand_rows: np.ndarray, cand_items: np.ndarray, targets: dict[str, set[str]]) -> np.ndarray:
+def candidate_labels(
+    state: RecState, cand_rows: np.ndarray, cand_items: np.ndarray, targets: dict[str, set[str]]
+) -> np.ndarray:
     """1 where the candidate item is in the user's target set, else 0: (m,) int32."""
     item_ids = state.items[cand_items]
     user_ids = state.users[cand_rows]

@@ -178,7 +178,12 @@ def user_profiles(state: RecState, titles: pd.Series, n_keywords: int = 5) -> pd
     monetary (total spend), n_items (distinct items). Indexed by user id.
     """
     ui = state.user_items
-    words = titles.reindex(state.items).fillna("").str.lower().map(lambda t: [w for w in _TOKEN.findall(t) if w not in _STOP])
+    words = (
+        titles.reindex(state.items)
+        .fillna("")
+        .str.lower()
+        .map(lambda t: [w for w in _TOKEN.findall(t) if w not in _STOP])
+    )
     words_by_pos = words.to_numpy()
     keywords: list[list[str]] = [[] for _ in state.users]
     for user, group in ui.groupby("user"):
@@ -215,39 +220,51 @@ def holdout_mask(user_ids: Sequence[str], share: float, seed: int) -> np.ndarray
     return np.array([u01(str(u)) < share for u in user_ids], dtype=bool)
 
 
-def train_rec_ranker(state: RecState, targets: dict[str, set[str]], config, holdout_share: float, seed: int):
-    """LambdaRank on one fold: candidates of the target users, label 1 if bought in the window.
+def train_rec_ranker(folds: Sequence[tuple[RecState, dict[str, set[str]]]], config, holdout_share: float, seed: int):
+    """LambdaRank over one or more folds: candidates of each fold's target users, label 1 if bought.
 
-    Users whose candidates hold no target item carry no ranking signal and are dropped. A stable
-    `holdout_share` of users is kept aside for early stopping. Returns (booster, info dict).
+    folds: (state fitted on the history before a cutoff, {user: items bought in the window after it}).
+    Stacking folds gives the ranker more users and more moments in time; features are relative to
+    each state's cutoff, so they share one scale. Users whose candidates hold no target item carry no
+    ranking signal and are dropped. A stable `holdout_share` of users is kept aside for early stopping.
+    Returns (booster, info dict).
     """
     from components.ranker import group_sizes, train_lambdarank
     from components.rec_features import candidate_labels
 
-    all_rows = rows_of(state, list(targets))
-    users = [u for u, r in zip(targets, all_rows, strict=True) if r >= 0]
-    rows = all_rows[all_rows >= 0]
-    cand_rows, cand_items, x = candidate_features(state, rows)
-    y = candidate_labels(state, cand_rows, cand_items, targets)
-    has_pos = pd.Series(y).groupby(cand_rows).transform("sum").to_numpy() > 0
-    hold = holdout_mask(state.users[cand_rows], holdout_share, seed)
-    tr, va = has_pos & ~hold, has_pos & hold
-    pos_rows = np.unique(cand_rows[has_pos])
-    if len(pos_rows) < 2:
+    xs, ys, groups, holds = [], [], [], []
+    n_target = n_hit = n_users = 0
+    for f, (state, targets) in enumerate(folds):
+        all_rows = rows_of(state, list(targets))
+        users = [u for u, r in zip(targets, all_rows, strict=True) if r >= 0]
+        rows = all_rows[all_rows >= 0]
+        cand_rows, cand_items, x = candidate_features(state, rows)
+        y = candidate_labels(state, cand_rows, cand_items, targets)
+        has_pos = pd.Series(y).groupby(cand_rows).transform("sum").to_numpy() > 0
+        xs.append(x[has_pos])
+        ys.append(y[has_pos])
+        groups.append(cand_rows[has_pos].astype(np.int64) + f * 10**9)  # fold-unique group keys
+        holds.append(holdout_mask(state.users[cand_rows[has_pos]], holdout_share, seed))
+        n_target += sum(len(targets[u]) for u in users)
+        n_hit += int(y.sum())
+        n_users += len(users)
+    x, y, g, hold = np.concatenate(xs), np.concatenate(ys), np.concatenate(groups), np.concatenate(holds)
+    pos_groups = np.unique(g)
+    if len(pos_groups) < 2:
         raise ValueError("the ranker needs at least two users with a target item among their candidates")
-    if not va.any() or not tr.any():
+    if hold.all() or not hold.any():
         # Tiny folds: the hash split can leave one side empty; hold out one user (the last) instead.
-        va = has_pos & (cand_rows == pos_rows[-1])
-        tr = has_pos & ~va
+        hold = g == pos_groups[-1]
+    tr, va = ~hold, hold
     booster = train_lambdarank(
-        x[tr], y[tr], group_sizes(cand_rows[tr]), x[va], y[va], group_sizes(cand_rows[va]), FEATURES, config, seed
+        x[tr], y[tr], group_sizes(g[tr]), x[va], y[va], group_sizes(g[va]), FEATURES, config, seed
     )
-    n_target = sum(len(targets[u]) for u in users)
     info = {
-        "ranker_users": len(users),
+        "ranker_folds": len(folds),
+        "ranker_users": n_users,
         "ranker_rows": int(tr.sum()),
         "ranker_best_iteration": int(booster.best_iteration),
         # Share of (user, target item) pairs present among the candidates: the re-ranker's ceiling.
-        "candidate_recall": float(y.sum() / n_target) if n_target else float("nan"),
+        "candidate_recall": n_hit / n_target if n_target else float("nan"),
     }
     return booster, info

@@ -122,7 +122,9 @@ def train_user_encoder(
 
 
 @torch.inference_mode()
-def encode_users(model: UserEncoder, sequences: Sequence[Sequence[int]], max_len: int, batch_size: int = 512) -> np.ndarray:
+def encode_users(
+    model: UserEncoder, sequences: Sequence[Sequence[int]], max_len: int, batch_size: int = 512
+) -> np.ndarray:
     """(n_users, dim) float32 user vectors; an empty sequence encodes as the GRU's zero-input state."""
     device = next(model.parameters()).device
     padded = pad_sequences(sequences, max_len)

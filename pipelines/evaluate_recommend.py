@@ -55,7 +55,9 @@ def _plots(reports: dict[str, RankingReport], summaries: dict[str, dict], slices
     for ax, metric in zip(axes, ("recall_at_20", "ndcg_at_20"), strict=True):
         mean = np.array([summaries[n][metric] for n in names])
         ci = np.array([summaries[n][f"{metric}_ci"] for n in names])
-        ax.barh(names, mean, xerr=[mean - ci[:, 0], ci[:, 1] - mean], color=["C3" if n == PRIMARY else "C0" for n in names])
+        ax.barh(
+            names, mean, xerr=[mean - ci[:, 0], ci[:, 1] - mean], color=["C3" if n == PRIMARY else "C0" for n in names]
+        )
         ax.set_xlabel(f"{metric} (95% bootstrap CI)")
         ax.invert_yaxis()
     fig.suptitle("Online Retail test fold: every model and baseline")
@@ -151,14 +153,17 @@ def run(params: Params, paths: Paths) -> dict:
             names = [p.name for p in plots]
         write_json(paths.metrics / "recommend.json", payload)
 
-        mlflow.log_metrics(
-            {
-                f"{m}_{k}": v
-                for m, d in summaries.items()
-                for k, v in d.items()
-                if isinstance(v, (int, float)) and not isinstance(v, bool)
-            }
-        )
+        flat: dict[str, float] = {}
+        for m, d in summaries.items():
+            for key, v in d.items():
+                if isinstance(v, list):  # a (low, high) interval
+                    flat[f"{m}_{key}_low"], flat[f"{m}_{key}_high"] = float(v[0]), float(v[1])
+                elif isinstance(v, (int, float)) and not isinstance(v, bool):
+                    flat[f"{m}_{key}"] = float(v)
+        for m, segs in slices.items():
+            for seg, d in segs.items():
+                flat[f"{m}_{seg}_recall_at_20"], flat[f"{m}_{seg}_ndcg_at_20"] = d["recall_at_20"], d["ndcg_at_20"]
+        mlflow.log_metrics(flat)
         for n in names:
             mlflow.log_artifact(str(paths.models / "recommend" / "eval" / n), "plots")
         mlflow.log_dict(payload, "recommend.json")

@@ -27,7 +27,17 @@ from components.rec_features import FEATURES, CandidateConfig, RecState
 from components.recommend_model import RecommendModel
 
 FORMAT = "hatchery-recommend/1"
-_ITEM_ARRAYS = ("rankable", "item_price", "item_buyers", "item_buyers_recent", "item_age_days", "text", "knn_index", "knn_sim", "encoder_items")
+_ITEM_ARRAYS = (
+    "rankable",
+    "item_price",
+    "item_buyers",
+    "item_buyers_recent",
+    "item_age_days",
+    "text",
+    "knn_index",
+    "knn_sim",
+    "encoder_items",
+)
 
 
 def save_recommend_bundle(model: RecommendModel, folder: Path, extra: dict | None = None) -> None:
@@ -39,7 +49,10 @@ def save_recommend_bundle(model: RecommendModel, folder: Path, extra: dict | Non
     np.save(folder / "item_ids.npy", st.items.astype(str))
     np.save(folder / "user_ids.npy", st.users.astype(str))
     np.savez(folder / "items.npz", **{name: getattr(st, name) for name in _ITEM_ARRAYS})
-    save_file({"users": np.ascontiguousarray(st.mf_users), "items": np.ascontiguousarray(st.mf_items)}, folder / "mf.safetensors")
+    save_file(
+        {"users": np.ascontiguousarray(st.mf_users), "items": np.ascontiguousarray(st.mf_items)},
+        folder / "mf.safetensors",
+    )
     save_file({k: np.ascontiguousarray(v) for k, v in st.encoder_weights.items()}, folder / "user_encoder.safetensors")
     np.save(folder / "user_vectors.npy", st.encoder_users)
     st.user_items.to_parquet(folder / "user_items.parquet", index=False)

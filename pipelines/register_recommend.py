@@ -14,7 +14,16 @@ import json
 import logging
 
 from components.config import Params
-from pipelines.common import REPO_ROOT, Paths, content_hash, git_commit, load_params, mlflow_run, tracking_uri, write_json
+from pipelines.common import (
+    REPO_ROOT,
+    Paths,
+    content_hash,
+    git_commit,
+    load_params,
+    mlflow_run,
+    tracking_uri,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +60,20 @@ def run(params: Params, paths: Paths) -> dict:
     client = MlflowClient()
     existing = find_version(client, bundle_hash)
     if existing is not None:
-        out = {"name": MODEL_NAME, "version": int(existing.version), "bundle_hash": bundle_hash, "created": False, "run_id": existing.run_id}
+        out = {
+            "name": MODEL_NAME,
+            "version": int(existing.version),
+            "bundle_hash": bundle_hash,
+            "created": False,
+            "run_id": existing.run_id,
+        }
         log.info("bundle %s already registered as %s v%s; nothing new", bundle_hash, MODEL_NAME, existing.version)
     else:
-        tags = {"data_version": manifest.get("data_version", "unknown"), "git_commit": git_commit(), "bundle_hash": bundle_hash}
+        tags = {
+            "data_version": manifest.get("data_version", "unknown"),
+            "git_commit": git_commit(),
+            "bundle_hash": bundle_hash,
+        }
         with mlflow_run(STEP, params, paths, inputs=[bundle], sections=("recommend",)) as run_:
             info = mlflow.pyfunc.log_model(
                 name="recommend",
@@ -70,7 +89,13 @@ def run(params: Params, paths: Paths) -> dict:
                 client.set_model_version_tag(MODEL_NAME, version, key, value)
             client.update_model_version(MODEL_NAME, version, description=f"recommend bundle as of {manifest['as_of']}")
             mlflow.set_tags({"registered_version": version, "bundle_hash": bundle_hash})
-        out = {"name": MODEL_NAME, "version": int(version), "bundle_hash": bundle_hash, "created": True, "run_id": run_.info.run_id}
+        out = {
+            "name": MODEL_NAME,
+            "version": int(version),
+            "bundle_hash": bundle_hash,
+            "created": True,
+            "run_id": run_.info.run_id,
+        }
         log.info("registered %s v%s (bundle %s)", MODEL_NAME, version, bundle_hash)
     write_json(paths.models / "recommend" / "registered.json", out)
     return out

@@ -9,7 +9,8 @@ never learned from):
 1. Baselines' hyper-parameters (item-kNN k, EASE lambda) are picked on the valid fold.
 2. The re-ranker's valid number: generators fitted on the selection-fold history, ranker trained on
    its labels, applied to the valid fold (generators refitted on the valid history).
-3. The served model: ranker trained on the valid fold; generators refitted on all history before T.
+3. The served model: ranker trained on the selection and valid folds stacked; generators refitted on
+   all history before T.
 
 Outputs:
   models/recommend/bundle/          see pipelines/recommend_bundle.py
@@ -88,9 +89,13 @@ def configs(rp: RecommendParams) -> tuple[MFConfig, UserEncoderConfig, Candidate
     )
 
 
-def fit_state(history: pd.DataFrame, catalog: pd.DataFrame, text: np.ndarray, as_of: pd.Timestamp, params: Params, device) -> RecState:
+def fit_state(
+    history: pd.DataFrame, catalog: pd.DataFrame, text: np.ndarray, as_of: pd.Timestamp, params: Params, device
+) -> RecState:
     mf, enc, cand, _ = configs(params.recommend)
-    return fit_rec_state(history, catalog, text, np.datetime64(as_of.to_datetime64()), mf, enc, cand, params.seed, device)
+    return fit_rec_state(
+        history, catalog, text, np.datetime64(as_of.to_datetime64()), mf, enc, cand, params.seed, device
+    )
 
 
 def bought_sets(state: RecState, users: list[str]) -> dict[str, set[str]]:
@@ -182,8 +187,9 @@ def run(params: Params, paths: Paths) -> dict:
         sel_cut = cut["valid"] - timedelta(days=rp.selection_window_days)
         early, late = hist_v.loc[hist_v[s.TIMESTAMP] < sel_cut], hist_v.loc[hist_v[s.TIMESTAMP] >= sel_cut]
         state_sel = fit_state(early, catalog, text, sel_cut, params, device)
+        targets_sel = evaluation_targets(early, late)
         booster_sel, info_sel = train_rec_ranker(
-            state_sel, evaluation_targets(early, late), ranker_config, rp.ranker.holdout_share, params.seed
+            [(state_sel, targets_sel)], ranker_config, rp.ranker.holdout_share, params.seed
         )
         t = lap("selection_fold", t)
 
@@ -191,7 +197,11 @@ def run(params: Params, paths: Paths) -> dict:
         targets_v = evaluation_targets(hist_v, win_v)
         selection["valid"].update(score_model(RecommendModel(state_v, booster_sel), targets_v))
         selection["selection_fold"] = {"cutoff": str(sel_cut), **info_sel}
-        booster, info = train_rec_ranker(state_v, targets_v, ranker_config, rp.ranker.holdout_share, params.seed)
+        # The served ranker learns from both folds before T (never the test window): more users and
+        # two moments in time; the valid number above comes from the selection fold alone.
+        booster, info = train_rec_ranker(
+            [(state_sel, targets_sel), (state_v, targets_v)], ranker_config, rp.ranker.holdout_share, params.seed
+        )
         selection["final_ranker"] = info
         t = lap("valid_fold", t)
 
@@ -214,7 +224,9 @@ def run(params: Params, paths: Paths) -> dict:
         selection["timings"] = timings
         write_json(paths.models / "recommend" / "selection.json", selection)
 
-        flat = {f"valid_{m}_{k}": v for m, d in selection["valid"].items() for k, v in d.items() if isinstance(v, float)}
+        flat = {
+            f"valid_{m}_{k}": v for m, d in selection["valid"].items() for k, v in d.items() if isinstance(v, float)
+        }
         mlflow.log_metrics({**flat, **timings, **{f"final_{k}": float(v) for k, v in info.items()}})
         mlflow.log_dict(selection, "selection.json")
         log.info(

@@ -41,6 +41,8 @@ def write_recommend_slice(raw: pd.DataFrame, paths: Paths, n_customers: int = 20
         history.to_parquet(out / fold.name / "history.parquet", index=False)
         window.to_parquet(out / fold.name / "window.parquet", index=False)
     (out / "folds.json").write_text(
-        json.dumps({f.name: {"cutoff": f.cutoff.isoformat(), "end": f.end.isoformat() if f.end else None} for f in folds})
+        json.dumps(
+            {f.name: {"cutoff": f.cutoff.isoformat(), "end": f.end.isoformat() if f.end else None} for f in folds}
+        )
     )
     return {"events": len(events), "items": len(catalog), "users": int(events[s.USER_ID].nunique())}

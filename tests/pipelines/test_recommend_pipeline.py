@@ -13,7 +13,15 @@ from tests.pipelines._recommend_slice import write_recommend_slice
 
 TINY = {
     "recommend.cpu.mf": {"dim": 8, "epochs": 2, "lr": 0.02, "reg": 0.0001, "batch_size": 4096},
-    "recommend.cpu.user_encoder": {"dim": 8, "max_len": 20, "epochs": 1, "lr": 0.003, "batch_size": 256, "dropout": 0.1, "max_windows": 1},
+    "recommend.cpu.user_encoder": {
+        "dim": 8,
+        "max_len": 20,
+        "epochs": 1,
+        "lr": 0.003,
+        "batch_size": 256,
+        "dropout": 0.1,
+        "max_windows": 1,
+    },
     "recommend.knn_k_grid": [10, 20],
     "recommend.ease_lambda_grid": [200.0],
     "recommend.ranker.n_estimators": 20,
@@ -47,7 +55,9 @@ def test_train_writes_a_loadable_bundle(trained):
         assert 0.0 <= selection["valid"][name]["recall_at_20"] <= 1.0
     bundle = paths.models / "recommend" / "bundle"
     manifest = json.loads((bundle / "manifest.json").read_text())
-    assert {"ranker.txt", "mf.safetensors", "user_encoder.safetensors", "profiles.parquet", "popular.json"} <= set(manifest["files"])
+    assert {"ranker.txt", "mf.safetensors", "user_encoder.safetensors", "profiles.parquet", "popular.json"} <= set(
+        manifest["files"]
+    )
     model = load_recommend_bundle(bundle)
     user = str(model.state.users[0])
     recs = model.recommend(user, k=5)

@@ -1,7 +1,13 @@
 import numpy as np
 import pytest
 
-from components.rec_eval import buyer_segments, evaluate_rankings, evaluation_targets, repeat_target_share, slice_summary
+from components.rec_eval import (
+    buyer_segments,
+    evaluate_rankings,
+    evaluation_targets,
+    repeat_target_share,
+    slice_summary,
+)
 from tests.unit._rec_fixtures import purchases, shop_events
 
 
@@ -32,7 +38,9 @@ def test_a_user_without_ranking_is_an_error():
 
 def test_targets_need_history_and_window():
     history = shop_events()
-    window = purchases([("ann", "g", "2011-04-01", "20"), ("ann", "a", "2011-04-02", "21"), ("new", "a", "2011-04-01", "22")])
+    window = purchases(
+        [("ann", "g", "2011-04-01", "20"), ("ann", "a", "2011-04-02", "21"), ("new", "a", "2011-04-01", "22")]
+    )
     t = evaluation_targets(history, window)
     assert t == {"ann": {"g", "a"}}
     assert repeat_target_share(t, {"ann": {"a", "b"}}) == pytest.approx(0.5)

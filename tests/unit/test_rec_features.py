@@ -4,14 +4,24 @@ import pytest
 
 from components import schema as s
 from components.mf import MFConfig
-from components.rec_features import FEATURES, CandidateConfig, candidate_features, candidate_labels, fit_rec_state, rows_of
+from components.rec_features import (
+    FEATURES,
+    CandidateConfig,
+    candidate_features,
+    candidate_labels,
+    fit_rec_state,
+    rows_of,
+)
 from components.user_encoder import UserEncoderConfig
 from tests.unit._rec_fixtures import shop_catalog, shop_events, shop_text
 
 AS_OF = np.datetime64("2011-04-01")
 
 
-def fit(events=None, candidates=CandidateConfig(own=5, knn=3, mf=3, encoder=3, trending=2, knn_neighbours=3)):
+SMALL = CandidateConfig(own=5, knn=3, mf=3, encoder=3, trending=2, knn_neighbours=3)
+
+
+def fit(events=None, candidates=SMALL):
     cat = shop_catalog()
     return fit_rec_state(
         shop_events() if events is None else events,

@@ -1,7 +1,14 @@
 import numpy as np
 import torch
 
-from components.user_encoder import PAD, UserEncoderConfig, encode_users, item_vectors, pad_sequences, train_user_encoder
+from components.user_encoder import (
+    PAD,
+    UserEncoderConfig,
+    encode_users,
+    item_vectors,
+    pad_sequences,
+    train_user_encoder,
+)
 from tests.unit._rec_fixtures import shop_text
 
 CFG = UserEncoderConfig(dim=6, max_len=4, epochs=2, batch_size=4, max_windows=2)
