@@ -9,6 +9,7 @@ and the overhead ratio served / in-process (p50 and p99). Requests are distinct 
 (each setting its own slice: every query is a query-cache miss, the cold path) and test-window users.
 Peak RSS: VmHWM of the serving processes (the bentoml supervisor and its worker), MiB.
 
+Both paths run on the same requests in alternating blocks (see run), one server for the whole run.
 Models: --search-bundle / --recommend-bundle (default models/<domain>/bundle, the full catalogs).
 Output: reports/bench/serving.json and a table on stdout.
 
@@ -53,8 +54,8 @@ def summarize(latencies_s: list[float], wall_s: float) -> dict[str, float]:
     }
 
 
-def measure(call, payloads: list[Any], concurrency: int) -> dict[str, float]:
-    """Latency of each call(payload) and the throughput of all of them at `concurrency` threads."""
+def measure(call, payloads: list[Any], concurrency: int) -> tuple[list[float], float]:
+    """(latency of each call(payload) in s, wall time in s) at `concurrency` threads."""
     latencies: list[float] = []
     lock = threading.Lock()
 
@@ -68,7 +69,7 @@ def measure(call, payloads: list[Any], concurrency: int) -> dict[str, float]:
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         list(pool.map(one, payloads))
-    return summarize(latencies, time.perf_counter() - start)
+    return latencies, time.perf_counter() - start
 
 
 def _free_port() -> int:
@@ -106,7 +107,52 @@ def workload(paths: Paths, n: int, seed: int) -> dict[str, list]:
     return {"queries": queries, "users": users}
 
 
-def run(paths: Paths, search_bundle: Path | None, recommend_bundle: Path | None, n: int, seed: int = 0) -> dict:
+def _start_server(bundles: dict[str, Path], salt: str, home: str, log_file) -> tuple[subprocess.Popen, str, float]:
+    import httpx
+
+    port = _free_port()
+    env = {
+        **os.environ,
+        "HATCHERY_HOME": home,
+        "HATCHERY_PSEUDONYM_SALT": salt,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{home}/mlflow.db",
+    }
+    for d, b in bundles.items():
+        env[f"HATCHERY_{d.upper()}_BUNDLE"] = str(Path(b).resolve())
+    cmd = [
+        str(Path(sys.executable).parent / "bentoml"),
+        "serve",
+        "services.service:Hatchery",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    # The access log goes to a file: a pipe nobody reads would block the server once full.
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    url, start = f"http://127.0.0.1:{port}", time.monotonic()
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"bentoml serve exited with {proc.returncode}; see {log_file.name}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return proc, url, time.monotonic() - start
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() - start > 300:
+            proc.terminate()
+            raise TimeoutError("bentoml serve not ready in 300 s")
+        time.sleep(0.5)
+
+
+def run(
+    paths: Paths, search_bundle: Path | None, recommend_bundle: Path | None, n: int, seed: int = 0, blocks: int = 4
+) -> dict:
+    """Both paths on the same requests, interleaved in `blocks` alternating blocks per setting.
+
+    Interleaving matters on a shared machine: background load drifts over minutes, and measuring one
+    path after the other would charge that drift to the serving overhead.
+    """
     import httpx
 
     from services.runtime import QueryCache, default_model_loader, pseudonymous_user, search_results
@@ -114,107 +160,80 @@ def run(paths: Paths, search_bundle: Path | None, recommend_bundle: Path | None,
     work = workload(paths, n, seed)
     salt = pseudonym_salt()
     bundles = {"search": search_bundle, "recommend": recommend_bundle}
-    bundles = {d: b for d, b in bundles.items() if b is not None and (Path(b) / "manifest.json").exists()}
+    bundles = {d: Path(b) for d, b in bundles.items() if b is not None and (Path(b) / "manifest.json").exists()}
     if not bundles:
         raise FileNotFoundError("no bundle to benchmark: train the models or pass --search-bundle/--recommend-bundle")
-    need = n * 2 * len(CONCURRENCY)  # in-process and served each get their own distinct queries
-    if len(work["queries"]) < need:
+    if len(work["queries"]) < n * len(CONCURRENCY):
         log.warning(
-            "only %d distinct test queries for %d requests: some repeat (query-cache hits)", len(work["queries"]), need
+            "only %d distinct test queries for %d requests: some repeat (query-cache hits)",
+            len(work["queries"]),
+            n * len(CONCURRENCY),
         )
 
     def requests_for(domain: str, slot: int) -> list:
         pool = work["queries"] if domain == "search" else work["users"]
         return [pool[(slot * n + i) % len(pool)] for i in range(n)]
 
+    models = {d: default_model_loader(d, b) for d, b in bundles.items()}
     results: dict[str, Any] = {
         "requests_per_setting": n,
+        "blocks": blocks,
         "cpu_count": os.cpu_count(),
         "bundles": {d: str(b) for d, b in bundles.items()},
         "settings": {},
     }
-    # In-process: the function each endpoint calls.
-    models = {d: default_model_loader(d, Path(b)) for d, b in bundles.items()}
-    calls = {
-        "search": lambda cache: lambda q: search_results(models["search"], cache, q, 10),
-        "recommend": lambda cache: lambda u: models["recommend"].recommend(pseudonymous_user(u, salt), k=20),
-    }
-    for d in bundles:
-        for j, c in enumerate(CONCURRENCY):
-            call = calls[d](QueryCache())
-            for q in requests_for(d, 99)[:5]:  # warm-up (lazy init, first allocations)
-                call(q)
-            results["settings"][f"{d}@{c}"] = {"in_process": measure(call, requests_for(d, j), c)}
-            log.info("in-process %s@%d: %s", d, c, results["settings"][f"{d}@{c}"]["in_process"])
-    models.clear()  # free the in-process copies before the server loads its own
+    with tempfile.TemporaryDirectory() as home, (Path(home) / "serve.log").open("w") as log_file:
+        proc, url, startup = _start_server(bundles, salt, home, log_file)
+        results["startup_s"] = round(startup, 1)
+        try:
+            with httpx.Client(base_url=url, timeout=60, limits=httpx.Limits(max_connections=16)) as http:
 
-    port = _free_port()
-    with tempfile.TemporaryDirectory() as home:
-        env = {
-            **os.environ,
-            "HATCHERY_HOME": home,
-            "HATCHERY_PSEUDONYM_SALT": salt,
-            "MLFLOW_TRACKING_URI": f"sqlite:///{home}/mlflow.db",
-        }
-        for d, b in bundles.items():
-            env[f"HATCHERY_{d.upper()}_BUNDLE"] = str(Path(b).resolve())
-        cmd = [
-            str(Path(sys.executable).parent / "bentoml"),
-            "serve",
-            "services.service:Hatchery",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ]
-        log_path = Path(home) / "serve.log"
-        with log_path.open("w") as log_file:
-            proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+                def served(domain: str):
+                    path, key, k = ("/search", "query", 10) if domain == "search" else ("/recommend", "user_id", 20)
+
+                    def call(value) -> None:
+                        r = http.post(path, json={key: value, "k": k})
+                        if r.status_code != 200:
+                            raise RuntimeError(f"{path} answered {r.status_code}: {r.text[:300]}")
+
+                    return call
+
+                def in_process(domain: str):
+                    if domain == "search":
+                        cache = QueryCache()  # fresh, like the server's: distinct queries are all misses
+                        return lambda q: search_results(models["search"], cache, q, 10)
+                    return lambda u: models["recommend"].recommend(pseudonymous_user(u, salt), k=20)
+
+                for d in bundles:
+                    warm = requests_for(d, 7)[:10]
+                    for call in (in_process(d), served(d)):
+                        for q in warm:
+                            call(q)
+                    for j, c in enumerate(CONCURRENCY):
+                        reqs = requests_for(d, j)
+                        calls = {"in_process": in_process(d), "served": served(d)}
+                        lat = {"in_process": [], "served": []}
+                        wall = {"in_process": 0.0, "served": 0.0}
+                        size = -(-len(reqs) // blocks)
+                        for b in range(blocks):
+                            chunk = reqs[b * size : (b + 1) * size]
+                            order = ("in_process", "served") if b % 2 == 0 else ("served", "in_process")
+                            for path in order:
+                                got, w = measure(calls[path], chunk, c)
+                                lat[path] += got
+                                wall[path] += w
+                        setting = {path: summarize(lat[path], wall[path]) for path in lat}
+                        setting["overhead_p50"] = setting["served"]["p50_ms"] / setting["in_process"]["p50_ms"]
+                        setting["overhead_p99"] = setting["served"]["p99_ms"] / setting["in_process"]["p99_ms"]
+                        results["settings"][f"{d}@{c}"] = setting
+                        log.info("%s@%d: %s", d, c, setting)
+            results["peak_rss_mib"] = round(_peak_rss_mib(proc.pid), 1)
+        finally:
+            proc.terminate()
             try:
-                url = f"http://127.0.0.1:{port}"
-                start = time.monotonic()
-                while True:
-                    if proc.poll() is not None:
-                        raise RuntimeError(f"bentoml serve exited:\n{log_path.read_text()[-3000:]}")
-                    try:
-                        if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                            break
-                    except httpx.HTTPError:
-                        pass
-                    if time.monotonic() - start > 300:
-                        raise TimeoutError("bentoml serve not ready in 300 s")
-                    time.sleep(0.5)
-                results["startup_s"] = round(time.monotonic() - start, 1)
-                with httpx.Client(base_url=url, timeout=60, limits=httpx.Limits(max_connections=16)) as http:
-
-                    def post(domain: str):
-                        path, key = ("/search", "query") if domain == "search" else ("/recommend", "user_id")
-                        extra = {"k": 10} if domain == "search" else {"k": 20}
-
-                        def call(value) -> None:
-                            r = http.post(path, json={key: value, **extra})
-                            if r.status_code != 200:
-                                raise RuntimeError(f"{path} answered {r.status_code}: {r.text[:300]}")
-
-                        return call
-
-                    for d in bundles:
-                        for q in requests_for(d, 98)[:5]:
-                            post(d)(q)
-                        for j, c in enumerate(CONCURRENCY):
-                            served = measure(post(d), requests_for(d, len(CONCURRENCY) + j), c)
-                            setting = results["settings"][f"{d}@{c}"]
-                            setting["served"] = served
-                            setting["overhead_p50"] = served["p50_ms"] / setting["in_process"]["p50_ms"]
-                            setting["overhead_p99"] = served["p99_ms"] / setting["in_process"]["p99_ms"]
-                            log.info("served %s@%d: %s", d, c, served)
-                results["peak_rss_mib"] = round(_peak_rss_mib(proc.pid), 1)
-            finally:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
     write_json(paths.reports / "bench" / "serving.json", results)
     return results
 
