@@ -5,7 +5,9 @@ The service itself belongs to the serving stage. This step finds it and builds i
      serving stage provides that function, it is called and returns the Bento tag; else
   2. services/<domain>/bentofile.yaml (or services/bentofile.yaml) — `bentoml build -f <bentofile>`
      from the repository root, with the model to pack passed as Bento arguments
-     (model_uri=models:/<name>@challenger, bundle_dir=<bundle>) and HATCHERY_MODEL_URI in the env.
+     (model_uri=models:/<name>@challenger, bundle_dir=<bundle>) and HATCHERY_MODEL_URI in the env; the Bento
+     version is <domain>-v<model version>-<code hash>, so a re-run with nothing changed builds nothing.
+     .bentoignore keeps outputs and BENTOML_HOME out of the build context.
 Without either it fails with a message saying what is missing; the challenger stays validated.
 
 Bentos go to BENTOML_HOME (default <HATCHERY_HOME>/bentoml_home). Output: reports/package/<domain>.json.
@@ -15,6 +17,7 @@ Usage: python -m pipelines.package <charter name>
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import logging
 import os
@@ -22,6 +25,8 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from components.charter import Charter
 from pipelines.common import REPO_ROOT, Paths, write_json
@@ -42,6 +47,15 @@ def bentofile_for(domain: str, services: Path = REPO_ROOT / "services") -> Path 
     return None
 
 
+def code_hash(bentofile: Path) -> str:
+    """8 hex digits over the bentofile and the Python sources it packs (services, components, pipelines)."""
+    digest = hashlib.md5(bentofile.read_bytes())
+    for folder in ("services", "components", "pipelines"):
+        for f in sorted((REPO_ROOT / folder).glob("*.py")):
+            digest.update(f.name.encode() + f.read_bytes())
+    return digest.hexdigest()[:8]
+
+
 def _builder():
     """services.build.build_bento when the serving stage provides it, else None."""
     if not (REPO_ROOT / "services" / "build.py").exists():
@@ -58,7 +72,8 @@ def run(charter: Charter, paths: Paths, bundle_dir: Path | None = None) -> dict[
     version = alias_version(client, charter.registered_model, CHALLENGER)
     if version is None:
         raise PackagingError(
-            f"{charter.registered_model} has no `{CHALLENGER}` alias: only a challenger that passed the gate is packaged"
+            f"{charter.registered_model} has no `{CHALLENGER}` alias: only a challenger that passed the gate is"
+            " packaged"
         )
     model_uri = f"models:/{charter.registered_model}@{CHALLENGER}"
     bundle = Path(bundle_dir or paths.root / DOMAINS[charter.domain].bundle)
@@ -74,13 +89,26 @@ def run(charter: Charter, paths: Paths, bundle_dir: Path | None = None) -> dict[
         os.environ.setdefault("BENTOML_HOME", env["BENTOML_HOME"])
         tag = str(build(charter.domain, model_uri, bundle))
     elif bentofile is not None:
+        bentoml = str(Path(sys.executable).parent / "bentoml")
+        # Same model version + same code = same Bento version: a re-run finds it and builds nothing.
+        bento_version = f"{charter.domain}-v{version.version}-{code_hash(bentofile)}"
+        name = (yaml.safe_load(bentofile.read_text()) or {}).get("name", "hatchery")
+        found = subprocess.run([bentoml, "get", f"{name}:{bento_version}"], env=env, capture_output=True, text=True)
+        if found.returncode == 0:
+            log.info("Bento %s:%s exists already: nothing to build", name, bento_version)
+            result = {"bento": f"{name}:{bento_version}", "model_uri": model_uri, "version": version.version,
+                      "bentoml_home": env["BENTOML_HOME"], "built": False}  # fmt: skip
+            write_json(paths.reports / "package" / f"{charter.domain}.json", result)
+            return result
         cmd = [
-            str(Path(sys.executable).parent / "bentoml"),
+            bentoml,
             "build",
             "-f",
             str(bentofile),
             "-o",
             "tag",
+            "--version",
+            bento_version,
             "--arg",
             f"model_uri={model_uri}",
             "--arg",
@@ -108,7 +136,8 @@ def run(charter: Charter, paths: Paths, bundle_dir: Path | None = None) -> dict[
             f"services/{charter.domain}/bentofile.yaml — the serving stage provides it. "
             f"{charter.registered_model} v{version.version} passed the gate and waits under the `{CHALLENGER}` alias."
         )
-    result = {"bento": tag, "model_uri": model_uri, "version": version.version, "bentoml_home": env["BENTOML_HOME"]}
+    result = {"bento": tag, "model_uri": model_uri, "version": version.version, "bentoml_home": env["BENTOML_HOME"],
+              "built": True}  # fmt: skip
     write_json(paths.reports / "package" / f"{charter.domain}.json", result)
     log.info("built Bento %s from %s v%s", tag, charter.registered_model, version.version)
     return result
