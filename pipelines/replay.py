@@ -180,7 +180,7 @@ def replay(
             "status": status,
             "client_ms": round(ms, 3),
             "success": success,
-            "fallback": payload.get("fallback"),
+            "challenger_failed": payload.get("challenger_failed"),
         }
         with lock:
             counts["sent"] += 1

@@ -308,7 +308,7 @@ class DomainRuntime:
             "request_id": request_id,
             "model_version": used.ref.version,
             "arm": arm,
-            "fallback": fallback,
+            "challenger_failed": fallback,  # the champion answered because the challenger raised
             "rollout_phase": state.routing_phase if state else "full",
             "rollout_id": state.rollout_id if state else "",
             "rollout_step": state.step if state else -1,

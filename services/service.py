@@ -8,6 +8,9 @@ champion is loaded), /metrics (BentoML's plus hatchery_* per model version and r
 Bad input is a 4xx with the reason (pydantic: missing field, wrong type, k out of range, over-long
 query; BodyGuard: malformed JSON, body over HATCHERY_MAX_BODY_BYTES), never a 500.
 
+Every answer: {"request_id", "model_version", "arm" (champion | challenger), "challenger_failed" (the
+champion answered because the challenger raised), "rollout_phase", "rollout_id", "rollout_step", "results"}.
+
 Models are loaded in __init__ (services/runtime.py says from where); the scoring is the model helpers'
 own `SearchModel.search` / `RecommendModel.recommend` / `.similar`, the code the offline evaluation runs.
 """

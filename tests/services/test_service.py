@@ -170,7 +170,8 @@ def _drive(world, charter, seed=0):
 def _feedback_statuses(world) -> list[int]:
     from pipelines.replay import feedback_path
 
-    return [json.loads(x)["status"] for x in feedback_path(world["root"], "search").read_text().splitlines()]
+    path = feedback_path(world["root"], "search")
+    return [json.loads(x)["status"] for x in path.read_text().splitlines()] if path.exists() else []
 
 
 # --- the endpoint ----------------------------------------------------------------------------------------
@@ -305,7 +306,7 @@ def test_challenger_that_raises_is_rolled_back_in_canary_while_every_request_suc
         json.loads(x)
         for x in (rollout.rollout_dir(world["paths"], "search") / "feedback.jsonl").read_text().splitlines()[n_before:]
     ]
-    assert any(f["fallback"] for f in fallbacks)  # the champion answered the challenger's users
+    assert any(f["challenger_failed"] for f in fallbacks)  # the champion answered the challenger's users
 
 
 @pytest.mark.slow
@@ -412,7 +413,7 @@ def test_bentoml_serve_over_http_with_a_load_test(world, tmp_path) -> None:
             assert http.get("/").status_code == 200  # the Swagger UI page
 
             queries = sorted(world["judgments"]["query"].unique())
-            n, start = 3000, time.monotonic()
+            n, start = 2000, time.monotonic()
 
             def one(i: int) -> int:
                 return http.post("/search", json={"query": queries[i % len(queries)], "k": 10}).status_code
