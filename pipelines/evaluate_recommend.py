@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 STEP = "evaluate_recommend"
 PRIMARY = "rerank"
+ISSUE_RECALL_TARGET = 0.37  # issue 4: Recall@20 >= 0.37 on the Online Retail test fold
 
 
 def _plots(reports: dict[str, RankingReport], summaries: dict[str, dict], slices: dict[str, dict], out) -> list:
@@ -137,6 +138,10 @@ def run(params: Params, paths: Paths) -> dict:
             "models": summaries,
             "slices": slices,
             "targets": {
+                # The issue's bar is absolute (1.10 x its own-frequency 0.337); the relative bar uses this
+                # run's own-frequency baseline, which counts distinct baskets and scores a little higher.
+                "recall_at_20_target_issue": ISSUE_RECALL_TARGET,
+                "recall_at_20_gap_issue": prim["recall_at_20"] - ISSUE_RECALL_TARGET,
                 "recall_at_20_target": target_recall,
                 "recall_at_20_gap": prim["recall_at_20"] - target_recall,
                 "recall_ci_low_above_own_frequency": prim["recall_at_20_ci"][0] > own["recall_at_20"],
