@@ -155,7 +155,7 @@ def run(
     """
     import httpx
 
-    from services.runtime import QueryCache, default_model_loader, pseudonymous_user, search_results
+    from services.runtime import QueryCache, default_model_loader, limit_threads, pseudonymous_user, search_results
 
     work = workload(paths, n, seed)
     salt = pseudonym_salt()
@@ -175,6 +175,7 @@ def run(
         return [pool[(slot * n + i) % len(pool)] for i in range(n)]
 
     models = {d: default_model_loader(d, b) for d, b in bundles.items()}
+    limit_threads(int(os.environ.get("HATCHERY_SERVING_THREADS", "1")))  # the service's setting, after loading
     results: dict[str, Any] = {
         "requests_per_setting": n,
         "blocks": blocks,

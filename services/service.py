@@ -135,12 +135,15 @@ class Hatchery:
 
     def __init__(self) -> None:
         from pipelines.common import Paths, pseudonym_salt
-        from services.runtime import DOMAINS, DomainRuntime, Metrics
+        from services.runtime import DOMAINS, DomainRuntime, Metrics, limit_threads
 
         root = Paths().root
         metrics = Metrics()
+        # One intra-op thread per request (see runtime.limit_threads for the measurement behind it).
+        threads = int(os.environ.get("HATCHERY_SERVING_THREADS", "1"))
+        limit_threads(threads)
         self.salt = pseudonym_salt()
-        self.runtimes = {d: DomainRuntime(d, root, metrics=metrics) for d in DOMAINS}
+        self.runtimes = {d: DomainRuntime(d, root, metrics=metrics, threads=threads) for d in DOMAINS}
         for rt in self.runtimes.values():
             rt.start()
 
