@@ -14,6 +14,7 @@ from tests.pipelines._search_slice import write_search_slice
 pytestmark = pytest.mark.slow
 
 OVERRIDES = {
+    "search.profiles.cpu.epochs": 3,
     "search.profiles.cpu.max_steps": 6,
     "search.profiles.cpu.batch_size": 8,
     "search.profiles.cpu.random_negatives": 64,
