@@ -160,6 +160,10 @@ def run(params: Params, paths: Paths, progress: bool = True) -> dict:
             save_checkpoint=lambda st: _save_checkpoint(ckpt, st), progress=progress, rank=rank, world=world,
         )
         train_seconds = time.perf_counter() - start
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()  # no collective op after training: rank 0 writes alone
         if rank != 0:
             return {}
         start = time.perf_counter()
