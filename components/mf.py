@@ -6,6 +6,7 @@ trailing 1, items their bias), so scoring anywhere is one dot product.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,13 +28,18 @@ class MFConfig:
 
 
 def train_bpr(
-    binary: sp.csr_matrix, config: MFConfig, seed: int, device: torch.device | None = None
+    binary: sp.csr_matrix,
+    config: MFConfig,
+    seed: int,
+    device: torch.device | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Fit BPR on a binary (n_users, n_items) matrix.
 
     Each epoch visits every positive (u, i) once with one uniformly sampled negative j (a sampled
     j may be another positive of u: rare at this density and unbiased enough for BPR).
     Returns (users (n_users, dim + 1), items (n_items, dim + 1)) float32, score = users @ items.T.
+    `should_stop` is polled after each epoch (a training budget): when it says so, training ends there.
     """
     device = device or torch.device("cpu")
     gen = torch.Generator().manual_seed(seed)
@@ -63,6 +69,8 @@ def train_bpr(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        if should_stop is not None and should_stop():
+            break
     users = torch.cat([p.detach(), torch.ones(n_users, 1, device=device)], dim=1)
     items = torch.cat([q.detach(), b.detach()[:, None]], dim=1)
     return users.float().cpu().numpy(), items.float().cpu().numpy()

@@ -42,11 +42,13 @@ def train_lambdarank(
     feature_names: Sequence[str],
     config: RankerConfig,
     seed: int,
+    callbacks: Sequence = (),
 ):
     """Fit a LambdaRank booster with early stopping on the validation groups.
 
     Labels are non-negative integer grades; groups are per-query (or per-user) row counts in order.
-    Returns the lightgbm.Booster at its best iteration.
+    `callbacks` run after early stopping (e.g. a training-budget stop). Returns the lightgbm.Booster
+    at its best iteration.
     """
     import lightgbm as lgb
 
@@ -72,7 +74,7 @@ def train_lambdarank(
         train,
         num_boost_round=config.n_estimators,
         valid_sets=[valid],
-        callbacks=[lgb.early_stopping(config.early_stopping_rounds, verbose=False)],
+        callbacks=[lgb.early_stopping(config.early_stopping_rounds, verbose=False), *callbacks],
     )
 
 

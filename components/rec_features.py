@@ -12,7 +12,7 @@ the same scale as one fitted on the latest data.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -147,11 +147,13 @@ def fit_rec_state(
     candidate_config: CandidateConfig,
     seed: int,
     device=None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> RecState:
     """Fit every generator and statistic on `events` (all strictly before `as_of`).
 
     catalog: product_id, title, price; text: (len(catalog), dim) text embeddings in catalog order.
     Events after `as_of` raise: they would leak the target window into the features.
+    `should_stop` (a training budget) is passed to the MF and user-encoder epoch loops.
     """
     ev = prepare_events(events)
     as_of = np.datetime64(pd.Timestamp(as_of).to_datetime64(), "ns")
@@ -209,11 +211,11 @@ def fit_rec_state(
 
     sim = item_knn_similarity(inter, candidate_config.knn_neighbours)
     knn_index, knn_sim = _neighbour_lists(sim, candidate_config.knn_neighbours)
-    mf_users, mf_items = train_bpr(inter.binary, mf_config, seed, device)
+    mf_users, mf_items = train_bpr(inter.binary, mf_config, seed, device, should_stop)
     mf_items[~rankable] = 0.0  # never-bought items have untrained factors; score them neutrally
 
     seqs = user_sequences(ev, users, items)
-    enc = train_user_encoder(seqs, text_all, rankable, encoder_config, seed, device)
+    enc = train_user_encoder(seqs, text_all, rankable, encoder_config, seed, device, should_stop)
     encoder_users = encode_users(enc, seqs, encoder_config.max_len)
     encoder_items = item_vectors(enc)
     return RecState(

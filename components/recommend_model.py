@@ -220,7 +220,13 @@ def holdout_mask(user_ids: Sequence[str], share: float, seed: int) -> np.ndarray
     return np.array([u01(str(u)) < share for u in user_ids], dtype=bool)
 
 
-def train_rec_ranker(folds: Sequence[tuple[RecState, dict[str, set[str]]]], config, holdout_share: float, seed: int):
+def train_rec_ranker(
+    folds: Sequence[tuple[RecState, dict[str, set[str]]]],
+    config,
+    holdout_share: float,
+    seed: int,
+    callbacks: Sequence = (),
+):
     """LambdaRank over one or more folds: candidates of each fold's target users, label 1 if bought.
 
     folds: (state fitted on the history before a cutoff, {user: items bought in the window after it}).
@@ -257,7 +263,7 @@ def train_rec_ranker(folds: Sequence[tuple[RecState, dict[str, set[str]]]], conf
         hold = g == pos_groups[-1]
     tr, va = ~hold, hold
     booster = train_lambdarank(
-        x[tr], y[tr], group_sizes(g[tr]), x[va], y[va], group_sizes(g[va]), FEATURES, config, seed
+        x[tr], y[tr], group_sizes(g[tr]), x[va], y[va], group_sizes(g[va]), FEATURES, config, seed, callbacks
     )
     info = {
         "ranker_folds": len(folds),

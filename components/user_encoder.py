@@ -8,7 +8,7 @@ with a full softmax over the items seen in training (3.6k items: cheaper than sa
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,8 +94,12 @@ def train_user_encoder(
     config: UserEncoderConfig,
     seed: int,
     device: torch.device | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> UserEncoder:
-    """Fit by next-item prediction. sequences: per user, item indices in time order (into `text` rows)."""
+    """Fit by next-item prediction. sequences: per user, item indices in time order (into `text` rows).
+
+    `should_stop` is polled after each epoch (a training budget): when it says so, training ends there.
+    """
     device = device or torch.device("cpu")
     torch.manual_seed(seed)
     model = UserEncoder(text, seen, config.dim, config.dropout).to(device)
@@ -118,6 +122,8 @@ def train_user_encoder(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        if should_stop is not None and should_stop():
+            break
     return model.eval()
 
 

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from components import schema as s
+from components.budget import Deadline
 from components.config import Params
 from components.config_recommend import ProfileParams, RecommendParams
 from components.mf import MFConfig
@@ -37,6 +38,7 @@ from components.rec_eval import K, evaluate_rankings, evaluation_targets
 from components.rec_features import CandidateConfig, RecState, fit_rec_state
 from components.recommend_model import RecommendModel, train_rec_ranker, user_profiles
 from components.user_encoder import UserEncoderConfig
+from pipelines.budget import lightgbm_budget_callback, training_deadline
 from pipelines.common import Paths, content_hash, load_params, mlflow_run, staged_dir, write_json
 from pipelines.io import read_table
 from pipelines.recommend_bundle import save_recommend_bundle
@@ -90,11 +92,18 @@ def configs(rp: RecommendParams) -> tuple[MFConfig, UserEncoderConfig, Candidate
 
 
 def fit_state(
-    history: pd.DataFrame, catalog: pd.DataFrame, text: np.ndarray, as_of: pd.Timestamp, params: Params, device
+    history: pd.DataFrame,
+    catalog: pd.DataFrame,
+    text: np.ndarray,
+    as_of: pd.Timestamp,
+    params: Params,
+    device,
+    deadline: Deadline | None = None,
 ) -> RecState:
     mf, enc, cand, _ = configs(params.recommend)
+    should_stop = deadline.expired if deadline is not None else None
     return fit_rec_state(
-        history, catalog, text, np.datetime64(as_of.to_datetime64()), mf, enc, cand, params.seed, device
+        history, catalog, text, np.datetime64(as_of.to_datetime64()), mf, enc, cand, params.seed, device, should_stop
     )
 
 
@@ -160,6 +169,9 @@ def run(params: Params, paths: Paths) -> dict:
     if prof.torch_threads:
         torch.set_num_threads(prof.torch_threads)
     device = pick_device(rp.device)
+    # The charter's training budget (unlimited outside the lifecycle): epochs and boosting stop at it.
+    deadline = training_deadline(device.type)
+    stop_boosting = [lightgbm_budget_callback(deadline)]
     catalog_path = paths.validated / "recommend" / "catalog.parquet"
     inputs = [catalog_path, paths.split / "recommend" / "valid", paths.split / "recommend" / "test" / "history.parquet"]
     timings: dict[str, float] = {}
@@ -186,26 +198,30 @@ def run(params: Params, paths: Paths) -> dict:
 
         sel_cut = cut["valid"] - timedelta(days=rp.selection_window_days)
         early, late = hist_v.loc[hist_v[s.TIMESTAMP] < sel_cut], hist_v.loc[hist_v[s.TIMESTAMP] >= sel_cut]
-        state_sel = fit_state(early, catalog, text, sel_cut, params, device)
+        state_sel = fit_state(early, catalog, text, sel_cut, params, device, deadline)
         targets_sel = evaluation_targets(early, late)
         booster_sel, info_sel = train_rec_ranker(
-            [(state_sel, targets_sel)], ranker_config, rp.ranker.holdout_share, params.seed
+            [(state_sel, targets_sel)], ranker_config, rp.ranker.holdout_share, params.seed, stop_boosting
         )
         t = lap("selection_fold", t)
 
-        state_v = fit_state(hist_v, catalog, text, cut["valid"], params, device)
+        state_v = fit_state(hist_v, catalog, text, cut["valid"], params, device, deadline)
         targets_v = evaluation_targets(hist_v, win_v)
         selection["valid"].update(score_model(RecommendModel(state_v, booster_sel), targets_v))
         selection["selection_fold"] = {"cutoff": str(sel_cut), **info_sel}
         # The served ranker learns from both folds before T (never the test window): more users and
         # two moments in time; the valid number above comes from the selection fold alone.
         booster, info = train_rec_ranker(
-            [(state_sel, targets_sel), (state_v, targets_v)], ranker_config, rp.ranker.holdout_share, params.seed
+            [(state_sel, targets_sel), (state_v, targets_v)],
+            ranker_config,
+            rp.ranker.holdout_share,
+            params.seed,
+            stop_boosting,
         )
         selection["final_ranker"] = info
         t = lap("valid_fold", t)
 
-        state_t = fit_state(hist_t, catalog, text, cut["test"], params, device)
+        state_t = fit_state(hist_t, catalog, text, cut["test"], params, device, deadline)
         model = RecommendModel(state_t, booster, user_profiles(state_t, catalog.set_index(s.PRODUCT_ID)[s.TITLE]))
         t = lap("test_fold_fit", t)
 
@@ -222,6 +238,9 @@ def run(params: Params, paths: Paths) -> dict:
             save_recommend_bundle(model, out, extra)
         timings["time_total_s"] = round(time.perf_counter() - started, 2)
         selection["timings"] = timings
+        selection["budget"] = deadline.summary()
+        if deadline.expired():
+            log.warning("training budget reached (%s): epochs and boosting were cut short", deadline.summary())
         write_json(paths.models / "recommend" / "selection.json", selection)
 
         flat = {

@@ -86,6 +86,22 @@ def test_evaluate_reports_every_model_and_per_user_rows(trained):
 
 
 @pytest.mark.slow
+def test_an_exhausted_training_budget_stops_cleanly_and_says_so(tmp_path, online_retail_raw, monkeypatch):
+    from pipelines.budget import budget_env
+    from pipelines.common import Paths
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for key, value in budget_env(cpu_minutes=0.0, gpu_hours=0.0, started_at=0.0).items():
+        monkeypatch.setenv(key, value)
+    paths = Paths(root=tmp_path)
+    write_recommend_slice(online_retail_raw, paths)
+    selection = train_recommend.run(load_params(overrides=TINY), paths)
+    assert selection["budget"]["exhausted"] is True
+    assert selection["final_ranker"]["ranker_best_iteration"] <= 1
+    assert load_recommend_bundle(paths.models / "recommend" / "bundle").recommend("nobody", k=3)
+
+
+@pytest.mark.slow
 def test_register_is_idempotent_and_bench_runs(trained):
     params, paths, _, _ = trained
     first = register_recommend.run(params, paths)

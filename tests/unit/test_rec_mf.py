@@ -32,3 +32,16 @@ def test_learns_the_taste_groups():
     in_group = np.array([sc[u, (u // 4) * 4 + (u % 4)] for u in range(8)])  # the held-out diagonal
     other = np.array([sc[u, ((u // 4) ^ 1) * 4 : ((u // 4) ^ 1) * 4 + 4].mean() for u in range(8)])
     assert (in_group > other).mean() >= 0.75
+
+
+def test_training_budget_stops_after_the_epoch_that_reaches_it():
+    polls = []
+
+    def budget_reached() -> bool:
+        polls.append(1)
+        return True
+
+    stopped = train_bpr(_blocks(), MFConfig(dim=4, epochs=5, batch_size=8), seed=1, should_stop=budget_reached)
+    one_epoch = train_bpr(_blocks(), MFConfig(dim=4, epochs=1, batch_size=8), seed=1)
+    assert len(polls) == 1
+    np.testing.assert_array_equal(stopped[0], one_epoch[0])

@@ -40,3 +40,20 @@ def test_same_seed_same_user_vectors():
     a = encode_users(train_user_encoder(seqs, text, seen, CFG, seed=3), seqs, CFG.max_len)
     b = encode_users(train_user_encoder(seqs, text, seen, CFG, seed=3), seqs, CFG.max_len)
     assert np.allclose(a, b)
+
+
+def test_training_budget_stops_after_the_epoch_that_reaches_it():
+    text, seen = shop_text(4), np.ones(4, dtype=bool)
+    seqs = [[0, 1, 2], [1, 2, 3, 0], [3, 1]]
+    polls = []
+
+    def budget_reached() -> bool:
+        polls.append(1)
+        return True
+
+    many = UserEncoderConfig(dim=6, max_len=4, epochs=6, batch_size=4, max_windows=2)
+    one = UserEncoderConfig(dim=6, max_len=4, epochs=1, batch_size=4, max_windows=2)
+    stopped = encode_users(train_user_encoder(seqs, text, seen, many, seed=3, should_stop=budget_reached), seqs, 4)
+    single = encode_users(train_user_encoder(seqs, text, seen, one, seed=3), seqs, 4)
+    assert len(polls) == 1
+    np.testing.assert_allclose(stopped, single)
