@@ -18,6 +18,7 @@ are averaged with all_reduce before each optimizer step, as DDP does.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -30,6 +31,8 @@ import torch
 from components import schema as s
 from components.bm25 import BM25Index, top_k
 from components.encoder import embed_batch
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -161,13 +164,15 @@ def finetune_encoder(
     progress: bool = True,
     rank: int = 0,
     world: int = 1,
+    should_stop: Callable[[], bool] | None = None,
 ) -> tuple[object, np.ndarray | None, list[dict]]:
     """Fine-tune in place; returns (model, adapter weight (dim, dim) or None, per-step history).
 
     frozen_embeddings: (n_products, dim) pretrained product embeddings for the frozen-tower mode,
     None for the shared-tower mode. resume: a checkpoint dict previously given to save_checkpoint
     ({"step", "model", "adapter", "optimizer"}); training continues at the next step and, with the
-    same seed, follows the same batches as an uninterrupted run.
+    same seed, follows the same batches as an uninterrupted run. should_stop (a training budget) is
+    polled after every step: when it says so, training ends there and the model so far is returned.
     """
     from transformers import get_linear_schedule_with_warmup
 
@@ -245,6 +250,9 @@ def finetune_encoder(
             save_checkpoint({"step": step + 1, "model": model.state_dict(),
                              "adapter": adapter.weight.detach().cpu() if adapter is not None else None,
                              "optimizer": optimizer.state_dict()})
+        if should_stop is not None and should_stop():
+            log.warning("training budget reached at step %d of %d: stopping with the model so far", step + 1, steps)
+            break
     if bar is not None:
         bar.close()
     model.eval()

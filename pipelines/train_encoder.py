@@ -27,6 +27,7 @@ import numpy as np
 
 from components import schema as s
 from components.config import Params
+from pipelines.budget import training_deadline
 from pipelines.common import Paths, load_params, mlflow_run, staged_dir, write_json
 from pipelines.io import read_table
 
@@ -151,6 +152,8 @@ def run(params: Params, paths: Paths, progress: bool = True) -> dict:
             mlflow.set_tag("device", str(device))
             mlflow.log_params({"training_queries": len(queries), "world_size": world})
         model, tokenizer = load_encoder(sp.encoder, device)
+        # The charter's training budget (unlimited outside the lifecycle) ends fine-tuning early.
+        deadline = training_deadline(device.type)
         resume = _load_checkpoint(ckpt)
         if resume:
             log.info("resuming from checkpoint at step %d", resume["step"])
@@ -158,6 +161,7 @@ def run(params: Params, paths: Paths, progress: bool = True) -> dict:
         model, adapter, history = finetune_encoder(
             model, tokenizer, queries, titles, frozen, cfg, device, params.seed, resume=resume,
             save_checkpoint=lambda st: _save_checkpoint(ckpt, st), progress=progress, rank=rank, world=world,
+            should_stop=deadline.expired,
         )
         train_seconds = time.perf_counter() - start
         if world > 1:
@@ -179,6 +183,7 @@ def run(params: Params, paths: Paths, progress: bool = True) -> dict:
             "product_tower": "trained" if adapter is None else "frozen+adapter",
             "query_max_length": sp.query_max_length, "title_max_length": sp.title_max_length,
             "final_loss": float(np.mean([h["loss"] for h in history[-20:]])) if history else None,
+            "budget": deadline.summary(),
         }
         with staged_dir(encoder_dir(paths)) as out:
             model.save_pretrained(out / "query_encoder", safe_serialization=True)

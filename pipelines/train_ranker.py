@@ -20,6 +20,7 @@ import pandas as pd
 
 from components import schema as s
 from components.config import Params
+from pipelines.budget import lightgbm_budget_callback, training_deadline
 from pipelines.common import Paths, load_params, mlflow_run, staged_dir, write_json
 from pipelines.io import read_table
 
@@ -118,7 +119,10 @@ def run(params: Params, paths: Paths) -> dict:
                            early_stopping_rounds=rp.early_stopping_rounds, eval_at=10,
                            label_gain=linear_label_gain(rp.label_levels))
         start = time.perf_counter()
-        booster = train_lambdarank(x_tr, y_tr, g_tr, x_va, y_va, g_va, FEATURE_NAMES, cfg, params.seed)
+        deadline = training_deadline("cpu")  # boosting runs on the CPU whatever the encoder's device
+        booster = train_lambdarank(
+            x_tr, y_tr, g_tr, x_va, y_va, g_va, FEATURE_NAMES, cfg, params.seed, [lightgbm_budget_callback(deadline)]
+        )
         fit_seconds = time.perf_counter() - start
         full.booster = booster
         importance = dict(zip(FEATURE_NAMES, booster.feature_importance("gain").round(1).tolist()))
@@ -129,6 +133,7 @@ def run(params: Params, paths: Paths) -> dict:
             "candidate_recall_train": round(cand_recall_tr, 4), "candidate_recall_valid": round(cand_recall_va, 4),
             "feature_seconds": round(feature_seconds, 1), "fit_seconds": round(fit_seconds, 1),
             "gain_importance": importance,
+            "budget": deadline.summary(),
         }
         settings = {
             "feature_names": list(FEATURE_NAMES), "query_max_length": sp.query_max_length,

@@ -99,3 +99,27 @@ def test_resumed_run_matches_uninterrupted_run() -> None:
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, full_state[k], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(w_res, w_full, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_training_budget_ends_fine_tuning_at_the_step_that_reaches_it() -> None:
+    from components.encoder import encode_texts, load_encoder
+
+    torch.set_num_threads(1)
+    judgments = pd.DataFrame({s.QUERY_ID: ["a", "b", "c", "d"], s.QUERY: ["power drill", "water hose", "bulb", "bits"],
+                              s.PRODUCT_ID: ["0", "2", "4", "1"], s.RELEVANCE: [3.0, 3.0, 2.0, 2.5]})
+    index = {str(i): i for i in range(len(TITLES))}
+    queries = build_training_queries(judgments, index, fit_bm25(TITLES), 2, 5, seed=0)
+    cfg = FinetuneConfig(epochs=3, batch_size=2, learning_rate=1e-4, warmup_fraction=0.0, temperature=0.05,
+                         random_negatives=2, train_product_tower=False, query_max_length=8, title_max_length=8)
+    model, tok = load_encoder(device=torch.device("cpu"))
+    frozen = encode_texts(model, tok, TITLES, max_length=8)
+    polls = []
+
+    def budget_after_two_steps() -> bool:
+        polls.append(1)
+        return len(polls) >= 2
+
+    _, _, history = finetune_encoder(model, tok, queries, TITLES, frozen, cfg, torch.device("cpu"), 0,
+                                     progress=False, should_stop=budget_after_two_steps)
+    assert [h["step"] for h in history] == [1, 2]
