@@ -62,15 +62,19 @@ def test_adapter_output_is_unit_length() -> None:
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-6)
 
 
-@pytest.mark.slow
-def test_resumed_run_matches_uninterrupted_run() -> None:
-    from components.encoder import encode_texts, load_encoder
-
+def _tiny_training_queries():
     torch.set_num_threads(1)
     judgments = pd.DataFrame({s.QUERY_ID: ["a", "b", "c", "d"], s.QUERY: ["power drill", "water hose", "bulb", "bits"],
                               s.PRODUCT_ID: ["0", "2", "4", "1"], s.RELEVANCE: [3.0, 3.0, 2.0, 2.5]})
     index = {str(i): i for i in range(len(TITLES))}
-    queries = build_training_queries(judgments, index, fit_bm25(TITLES), 2, 5, seed=0)
+    return build_training_queries(judgments, index, fit_bm25(TITLES), 2, 5, seed=0)
+
+
+@pytest.mark.slow
+def test_resumed_run_matches_uninterrupted_run() -> None:
+    from components.encoder import encode_texts, load_encoder
+
+    queries = _tiny_training_queries()
     cfg = FinetuneConfig(epochs=2, batch_size=2, learning_rate=1e-4, warmup_fraction=0.0, temperature=0.05,
                          random_negatives=2, train_product_tower=False, query_max_length=8, title_max_length=8,
                          checkpoint_every=2)
@@ -105,11 +109,7 @@ def test_resumed_run_matches_uninterrupted_run() -> None:
 def test_training_budget_ends_fine_tuning_at_the_step_that_reaches_it() -> None:
     from components.encoder import encode_texts, load_encoder
 
-    torch.set_num_threads(1)
-    judgments = pd.DataFrame({s.QUERY_ID: ["a", "b", "c", "d"], s.QUERY: ["power drill", "water hose", "bulb", "bits"],
-                              s.PRODUCT_ID: ["0", "2", "4", "1"], s.RELEVANCE: [3.0, 3.0, 2.0, 2.5]})
-    index = {str(i): i for i in range(len(TITLES))}
-    queries = build_training_queries(judgments, index, fit_bm25(TITLES), 2, 5, seed=0)
+    queries = _tiny_training_queries()
     cfg = FinetuneConfig(epochs=3, batch_size=2, learning_rate=1e-4, warmup_fraction=0.0, temperature=0.05,
                          random_negatives=2, train_product_tower=False, query_max_length=8, title_max_length=8)
     model, tok = load_encoder(device=torch.device("cpu"))
