@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from components.config_recommend import RecommendParams
+from components.config_rollout import RolloutParams
 from components.config_search import SearchParams
 
 
@@ -88,6 +89,7 @@ class Params(Frozen):
     split: SplitParams = SplitParams()
     search: SearchParams = SearchParams()
     recommend: RecommendParams = RecommendParams()
+    rollout: RolloutParams = RolloutParams()
 
 
 class ParamsError(ValueError):

@@ -1,7 +1,6 @@
 """Typed mirror of a `rollout` params.yaml section (owned by the serving stage).
 
-Not yet wired into components.config.Params: pipelines.rollout uses these defaults until the lead adds
-`rollout: RolloutParams = RolloutParams()` there and a `rollout:` section to params.yaml.
+Wired into components.config.Params as `rollout`; params.yaml has the `rollout:` section.
 """
 
 from __future__ import annotations

@@ -1,9 +1,12 @@
-"""The incubation lifecycle: charter -> data checks -> training -> validation gates -> packaging -> report.
+"""The incubation lifecycle: charter -> data checks -> training -> validation gates -> packaging -> rollout -> report.
 
 Trigger it from the UI (pick a charter), the CLI or the REST API with run parameters:
     airflow dags trigger incubation --conf '{"charter": "semantic_search", "overrides": {}}'
 `overrides` are dotted params.yaml keys ({"data.search.path": "/data/mine"}); a run with overrides
 works in its own DVC workspace (pipelines/dvc_stage.py) and never edits params.yaml.
+
+The rollout task drives the live service at HATCHERY_SERVICE_URL (default http://127.0.0.1:3000; `make run`
+starts one) through the charter's shadow -> canary -> full plan.
 
 Wiring only: every task body is one call into pipelines.lifecycle. Tasks that run DVC (or read and
 write its outputs) share the `hatchery_dvc` pool of one slot, because DVC locks the repository.
@@ -94,6 +97,11 @@ def incubation():
     def package(plan: dict, run_id=None) -> dict:
         return _lifecycle().package(plan, run_id)
 
+    # Retrying would replay a rollout that already decided (or wait on a service that is not there): no retries.
+    @task(retries=0)
+    def rollout(plan: dict, run_id=None) -> dict:
+        return _lifecycle().rollout(plan, run_id)
+
     @task(trigger_rule="all_done", retries=0)
     def report(params=None, run_id=None) -> dict:
         return _lifecycle().report(params["charter"], run_id, _airflow_url(run_id))
@@ -107,7 +115,7 @@ def incubation():
         gate(plan)
     with TaskGroup("packaging", tooltip="the challenger as a Bento") as packaging_tg:
         package(plan)
-    requirements_tg >> training_tg >> validation_tg >> packaging_tg >> report()
+    requirements_tg >> training_tg >> validation_tg >> packaging_tg >> rollout(plan) >> report()
 
 
 incubation()

@@ -131,3 +131,76 @@ def report(charter: str, run_id: str | None, airflow_url: str | None = None) -> 
     from pipelines import report as step
 
     return step.run(charter, run_id, airflow_url=airflow_url)
+
+
+class ServiceUnavailable(RuntimeError):
+    """No Hatchery service answers at HATCHERY_SERVICE_URL: the rollout has nothing to route."""
+
+
+def service_url() -> str:
+    return os.environ.get("HATCHERY_SERVICE_URL", "http://127.0.0.1:3000").rstrip("/")
+
+
+def _require_service(url: str, timeout_s: float = 5.0) -> None:
+    """Any HTTP answer on /readyz will do: a service started before the first champion is not ready yet."""
+    import httpx
+
+    try:
+        httpx.get(f"{url}/readyz", timeout=timeout_s)
+    except httpx.HTTPError as exc:
+        raise ServiceUnavailable(
+            f"no Hatchery service answers at {url}/readyz ({type(exc).__name__}: {exc}). Start one with the same "
+            "HATCHERY_HOME and MLFLOW_TRACKING_URI as Airflow: `make run` starts it, or "
+            "`bentoml serve services.service:Hatchery` (set HATCHERY_SERVICE_URL if it listens elsewhere)"
+        ) from exc
+
+
+def rollout(plan: dict[str, Any], run_id: str | None) -> dict:
+    """Take the gated challenger through the charter's shadow -> canary -> full plan on the live service.
+
+    Works on the service's own outputs root (Paths(), HATCHERY_HOME), not the run's workspace: the rollout
+    state, request and feedback logs are the service's. Fails when no service answers, and when the rollout
+    ends rolled back or paused (the reason is in the message). A re-run after the challenger already became
+    champion changes nothing.
+    """
+    from pipelines import rollout as step
+    from pipelines.common import load_params
+    from pipelines.gate import CHALLENGER, CHAMPION, _client, alias_version
+    from pipelines.requirements import load_charter
+
+    charter = load_charter(plan["charter"])
+    with recorded(run_id, plan["charter"], "rollout", "rollout") as entry:
+        url = service_url()
+        _require_service(url)
+        paths = Paths()
+        os.environ.setdefault("MLFLOW_TRACKING_URI", tracking_uri(paths))
+        client = _client(paths)
+        challenger = alias_version(client, charter.registered_model, CHALLENGER)
+        champion = alias_version(client, charter.registered_model, CHAMPION)
+        state = step.load_state(paths, charter.domain)
+        if state.phase not in (*step.ro.ACTIVE, "paused") and (
+            challenger is None or (champion is not None and str(champion.version) == str(challenger.version))
+        ):
+            if champion is None:
+                raise RuntimeError(f"{charter.registered_model} has no `challenger` alias: nothing passed the gate")
+            # Already rolled out (a re-run, or a retry after the promotion): nothing to move.
+            entry["result"] = {
+                "domain": charter.domain,
+                "phase": state.phase,
+                "champion": str(champion.version),
+                "previous_champion": state.previous_champion.version if state.previous_champion else None,
+                "reason": f"v{champion.version} is already the champion: nothing to roll out",
+                "url": url,
+            }
+            return entry["result"]
+        rp = load_params(overrides=plan.get("overrides") or {}).rollout
+        result = step.run(charter, paths, url, rp, actor=f"airflow:{run_id}")
+        entry["result"] = {**result, "url": url}
+        if result["phase"] == "rolled_back":
+            raise RuntimeError(f"the rollout was rolled back: {result['reason']}")
+        if result["phase"] == "paused":
+            raise RuntimeError(
+                f"the rollout is paused: {result['reason']} (python -m pipelines.rollout resume|promote|rollback "
+                f"{plan['charter']}, then clear this task)"
+            )
+    return entry["result"]

@@ -22,6 +22,12 @@ The same from the command line (with the scheduler running, e.g. after this scri
 
 MLflow's UI is started beside it (`mlflow ui` on $MLFLOW_PORT, 5000) unless something answers there.
 
+The Hatchery BentoML service (`bentoml serve services.service:Hatchery`) is started first, on
+http://127.0.0.1:$HATCHERY_SERVICE_PORT (3000, localhost only; log and pid in airflow_home/), unless
+something answers there; its URL is exported to Airflow as HATCHERY_SERVICE_URL for the rollout task. It
+may start before any champion exists: it follows the rollout state file, which the rollout task writes.
+`--stop` stops the service, Airflow and the MLflow UI this script started.
+
 Exit status: 0 when every run succeeded, 1 when any failed (the reasons are printed), 2 on setup errors.
 Stdlib only: it must run before anything else is importable.
 """
@@ -152,9 +158,43 @@ def start_mlflow_ui(env: dict[str, str]) -> str:
     return url
 
 
+def service_env(env: dict[str, str]) -> dict[str, str]:
+    """The service's port and URL, exported to Airflow's environment for the rollout task."""
+    port = env.setdefault("HATCHERY_SERVICE_PORT", "3000")
+    env.setdefault("HATCHERY_SERVICE_URL", f"http://127.0.0.1:{port}")
+    return env
+
+
+def service_up(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/livez", timeout=3) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def start_service(env: dict[str, str]) -> str:
+    """`bentoml serve services.service:Hatchery` on localhost in the background (pid in airflow_home/service.pid)."""
+    url = env["HATCHERY_SERVICE_URL"]
+    if service_up(url):
+        print(f"reusing the Hatchery service already answering at {url}")
+        return url
+    home = Path(env["AIRFLOW_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    log = (home / "service.log").open("ab")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "bentoml"), "serve", "services.service:Hatchery",
+         "--host", "127.0.0.1", "--port", env["HATCHERY_SERVICE_PORT"]],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    (home / "service.pid").write_text(str(proc.pid))
+    print(f"started the Hatchery service (pid {proc.pid}) on {url}; log: {home / 'service.log'}")
+    return url
+
+
 def stop_airflow(home: Path) -> None:
-    """Stop what this script started (standalone.pid, mlflow.pid), each by its own process group."""
-    for name in ("standalone", "mlflow"):
+    """Stop what this script started (service.pid, standalone.pid, mlflow.pid), each by its own process group."""
+    for name in ("service", "standalone", "mlflow"):
         pid_file = home / f"{name}.pid"
         if not pid_file.exists():
             continue
@@ -237,10 +277,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--charter", action="append", help="charter name (repeatable); default: both shipped")
     parser.add_argument("--override", action="append", default=[], help="dotted.key=json_value params override")
-    parser.add_argument("--stop", action="store_true", help="stop the airflow standalone this script started")
-    parser.add_argument("--stop-after", action="store_true", help="stop Airflow once the runs end")
+    parser.add_argument(
+        "--stop", action="store_true", help="stop the service, airflow standalone and MLflow UI this script started"
+    )
+    parser.add_argument("--stop-after", action="store_true", help="stop them once the runs end")
     args = parser.parse_args()
-    env = airflow_env()
+    env = service_env(airflow_env())
     home = Path(env["AIRFLOW_HOME"])
     if args.stop:
         stop_airflow(home)
@@ -252,8 +294,11 @@ def main() -> int:
             overrides[key] = json.loads(raw)
         except ValueError:
             overrides[key] = raw
-    os.environ.update({k: env[k] for k in ("AIRFLOW_HOME", "HATCHERY_HOME")})
+    os.environ.update({k: env[k] for k in ("AIRFLOW_HOME", "HATCHERY_HOME", "HATCHERY_SERVICE_URL")})
+    service_url = start_service(env)  # before Airflow: the rollout task of the first run needs it
     started = start_airflow(env)
+    if started is None and env["HATCHERY_SERVICE_URL"] != "http://127.0.0.1:3000":
+        print(f"note: the reused Airflow may not have HATCHERY_SERVICE_URL={service_url} in its environment")
     base = env["AIRFLOW__API__BASE_URL"]
     api = Api(base, home)
     try:
@@ -288,6 +333,9 @@ def main() -> int:
         print(f"MLflow:  .venv/bin/mlflow ui --backend-store-uri sqlite:///{Path(env['HATCHERY_HOME']) / 'mlflow.db'}")
     else:
         print(f"MLflow:  {start_mlflow_ui(env)}  (one run per step; gate/ and incubation/ artifacts)")
+    body = json.dumps({"query": "cordless drill", "k": 5})
+    print(f"Service: {service_url}  (Swagger UI at /; rollout: .venv/bin/python -m pipelines.rollout status <charter>)")
+    print(f"  curl -s {service_url}/search -H 'content-type: application/json' -d '{body}'")
     if started is not None and args.stop_after:
         stop_airflow(home)
     elif started is not None:

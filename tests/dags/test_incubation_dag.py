@@ -42,7 +42,8 @@ def test_task_graph(dag):
         "training.train_stage": ["training.plan_training"],
         "validation.gate": ["training.train_stage"],
         "packaging.package": ["validation.gate"],
-        "report": ["packaging.package"],
+        "rollout": ["packaging.package"],
+        "report": ["rollout"],
     }
     # every later task reads the plan the charter check returns
     assert all(
@@ -63,7 +64,7 @@ def test_training_is_mapped_over_the_charter_stages(dag):
 
 def test_retries_and_pool(dag):
     for t in dag.tasks:
-        if t.task_id in ("requirements.validate_charter", "validation.gate", "report"):
+        if t.task_id in ("requirements.validate_charter", "validation.gate", "rollout", "report"):
             assert t.retries == 0, f"{t.task_id}: a deterministic decision should not be retried"
         else:
             assert t.retries >= 1, f"{t.task_id} has no retries"

@@ -5,14 +5,21 @@ interpreter with AIRFLOW_HOME, HATCHERY_HOME and MLflow in tmp (tests/dags/_dag_
 The tiny slice (400 search terms, 150 customers) and the few-step training overrides keep it to a
 few minutes on 2 cores. What the gate decides on such a slice is not fixed in advance: the tests
 check that the decision, the registry and the report agree, and that a weakened challenger is stopped.
+
+A real `bentoml serve` (localhost, a free port, the same tmp HATCHERY_HOME and MLflow store) runs beside
+the DAG for its rollout task. It starts with no model; the first gated challenger has nothing to shadow
+or canary against, so the rollout makes it champion directly and the service must pick it up from the
+rollout state file without a restart.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -53,6 +60,46 @@ def _run_dag(conf: dict, env: dict[str, str]) -> dict:
     return json.loads(lines[-1].removeprefix("DAG_TEST_RESULT "))
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_service(env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    cmd = [str(Path(sys.executable).parent / "bentoml"), "serve", "services.service:Hatchery"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port)]
+    log_file = log_path.open("w")  # a file, not a pipe nobody reads
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    log_file.close()
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _wait_live(proc: subprocess.Popen, url: str, log_path: Path, timeout_s: float = 180) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert proc.poll() is None, log_path.read_text()[-3000:]
+        assert time.monotonic() < deadline, f"service not live in {timeout_s} s:\n{log_path.read_text()[-3000:]}"
+        try:
+            if httpx.get(f"{url}/livez", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
 def _run_folder(home: Path, run_id: str) -> Path:
     from pipelines.lifecycle import run_key
 
@@ -75,8 +122,9 @@ def _registry(tracking: str) -> dict:
 
 @pytest.fixture(scope="module")
 def lifecycle(homedepot_raw: pd.DataFrame, online_retail_raw: pd.DataFrame, tmp_path_factory) -> dict:
+    import httpx
+
     root = tmp_path_factory.mktemp("lifecycle")
-    data = write_slice(homedepot_raw, online_retail_raw, root / "data")
     home = root / "home"
     home.mkdir()
     tracking = f"sqlite:///{home / 'mlflow.db'}"
@@ -90,18 +138,38 @@ def lifecycle(homedepot_raw: pd.DataFrame, online_retail_raw: pd.DataFrame, tmp_
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
     }
     env.pop("HATCHERY_CHARTERS_DIR", None)
-    conf = {"charter": CHARTER, "overrides": {"data.search.path": str(data), "data.recommend.path": str(data), **TINY}}
-    first = _run_dag(conf, env)
-    registry_after_first = _registry(tracking)
-    second = _run_dag(conf, env)
-    return {
-        "home": home,
-        "tracking": tracking,
-        "first": first,
-        "second": second,
-        "registry_after_first": registry_after_first,
-        "registry_after_second": _registry(tracking),
-    }
+    for k in ("HATCHERY_SEARCH_BUNDLE", "HATCHERY_RECOMMEND_BUNDLE"):
+        env.pop(k, None)
+    service_log = root / "serve.log"
+    service, url = _start_service(env, service_log)  # starts while the slice is written
+    env["HATCHERY_SERVICE_URL"] = url
+    try:
+        data = write_slice(homedepot_raw, online_retail_raw, root / "data")
+        _wait_live(service, url, service_log)
+        conf = {
+            "charter": CHARTER,
+            "overrides": {"data.search.path": str(data), "data.recommend.path": str(data), **TINY},
+        }
+        first = _run_dag(conf, env)
+        registry_after_first = _registry(tracking)
+        second = _run_dag(conf, env)
+        with httpx.Client(base_url=url, timeout=180) as http:
+            status = http.post("/rollout_status", json={}).json()  # loads what the state file names, now
+            served = http.post("/search", json={"query": "wood screws", "k": 3})
+        assert service.poll() is None, service_log.read_text()[-3000:]
+        yield {
+            "home": home,
+            "tracking": tracking,
+            "url": url,
+            "first": first,
+            "second": second,
+            "registry_after_first": registry_after_first,
+            "registry_after_second": _registry(tracking),
+            "service_status": status,
+            "served": {"status": served.status_code, "body": served.json()},
+        }
+    finally:
+        _stop(service)
 
 
 def _ledger(home: Path, run_id: str) -> dict[str, dict]:
@@ -133,13 +201,22 @@ def test_gate_decision_report_and_registry_agree(lifecycle):
     assert gate["passed"] == (tasks["validation.gate"] == "success")
     assert gate["context"]["challenger_version"] == version
     assert all(c["name"] in html for c in gate["checks"])
-    assert "champion" not in registry["aliases"]  # nothing is ever promoted to champion here
     if gate["passed"]:
-        assert registry["aliases"] == {"challenger": version}
         assert registry["versions"][version]["gate_run_id"] == gate["mlflow_run_id"]
     else:
         assert registry["aliases"] == {}
         assert summary["headline"].startswith("gate failed: GateFailed")
+    # Only a challenger that passed the gate and was packaged is rolled out; the first one (no champion
+    # before it) becomes champion directly, and its challenger alias is dropped.
+    if gate["passed"] and tasks["packaging.package"] == "success":
+        assert tasks["rollout"] == "success", _ledger(home, run_id).get("rollout")
+        assert registry["aliases"] == {"champion": version}
+        assert registry["versions"][version]["rollout_status"] == "champion"
+    else:
+        assert tasks["rollout"] == "upstream_failed"
+        assert "champion" not in registry["aliases"]
+        if gate["passed"]:
+            assert registry["aliases"] == {"challenger": version}
     # the run ends red while anything failed (packaging fails until the serving stage ships a service)
     failed = [s for s in summary["stages"] if s["status"] != "success"]
     assert (lifecycle["first"]["state"] == "success") == (not failed)
@@ -158,8 +235,61 @@ def test_second_trigger_reuses_outputs_and_registry(lifecycle):
     ):
         assert second[task]["status"] == "success", second[task]
         assert second[task]["result"]["ran"] is False, f"{task} ran again on unchanged data and code"
-    assert lifecycle["registry_after_second"] == lifecycle["registry_after_first"]
-    assert lifecycle["second"]["tasks"]["validation.gate"] == lifecycle["first"]["tasks"]["validation.gate"]
+    first, second_tasks = lifecycle["first"]["tasks"], lifecycle["second"]["tasks"]
+    if first["rollout"] == "success":
+        # The champion is now this very version: re-gating it against itself need not pass, and nothing moves.
+        assert second_tasks["rollout"] in ("success", "upstream_failed")
+        after = lifecycle["registry_after_second"]
+        assert after["aliases"]["champion"] == lifecycle["registry_after_first"]["aliases"]["champion"]
+        if second_tasks["validation.gate"] == "failed":
+            assert after == lifecycle["registry_after_first"]
+        else:  # the gate may re-alias the champion's own version as challenger; the rollout moves nothing
+            assert after["aliases"].get("challenger") in (None, after["aliases"]["champion"])
+    else:
+        assert lifecycle["registry_after_second"] == lifecycle["registry_after_first"]
+        assert second_tasks["validation.gate"] == first["validation.gate"]
+
+
+def test_service_started_empty_serves_the_rolled_out_champion(lifecycle):
+    registry = lifecycle["registry_after_second"]
+    search = lifecycle["service_status"]["search"]
+    if "champion" not in registry.get("aliases", {}):
+        pytest.skip("the gate stopped the challenger on this slice: nothing was rolled out")
+    champion = str(registry["aliases"]["champion"])
+    assert search["ready"] and search["champion"] == champion, search
+    assert search["state"]["phase"] == "full" and search["challenger"] is None
+    served = lifecycle["served"]
+    assert served["status"] == 200, served
+    assert served["body"]["model_version"] == champion and served["body"]["arm"] == "champion"
+    assert served["body"]["results"]
+
+
+def test_rollout_rerun_after_promotion_changes_nothing(lifecycle, monkeypatch):
+    from pipelines import lifecycle as lc
+
+    if lifecycle["first"]["tasks"]["rollout"] != "success":
+        pytest.skip("nothing was rolled out on this slice")
+    plan = json.loads((_run_folder(lifecycle["home"], lifecycle["first"]["run_id"]) / "plan.json").read_text())
+    monkeypatch.setenv("HATCHERY_HOME", str(lifecycle["home"]))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", lifecycle["tracking"])
+    monkeypatch.setenv("HATCHERY_SERVICE_URL", lifecycle["url"])
+    state = (lifecycle["home"] / "reports" / "rollout" / "search" / "state.json").read_text()
+    before = _registry(lifecycle["tracking"])
+    result = lc.rollout(plan, "rerun")
+    assert str(result["champion"]) == str(before["aliases"]["champion"]) and "already the champion" in result["reason"]
+    assert _registry(lifecycle["tracking"]) == before
+    assert (lifecycle["home"] / "reports" / "rollout" / "search" / "state.json").read_text() == state
+
+
+def test_rollout_without_a_service_fails_saying_how_to_start_one(tmp_path, monkeypatch):
+    from pipelines import lifecycle as lc
+
+    monkeypatch.setenv("HATCHERY_HOME", str(tmp_path))
+    monkeypatch.setenv("HATCHERY_SERVICE_URL", f"http://127.0.0.1:{_free_port()}")
+    with pytest.raises(lc.ServiceUnavailable, match=r"make run.*bentoml serve services\.service:Hatchery"):
+        lc.rollout({"charter": CHARTER, "overrides": {}}, "no-service")
+    ledger = json.loads((_run_folder(tmp_path, "no-service") / "stages" / "rollout.json").read_text())
+    assert ledger["status"] == "failed" and "ServiceUnavailable" in ledger["reason"]
 
 
 def test_weakened_challenger_is_stopped_and_registry_untouched(lifecycle, tmp_path, monkeypatch):
