@@ -193,7 +193,7 @@ def measure_bundle(domain: str, folder: Path, requests: list[Any], k: int) -> di
         "latency_p99_ms": g.p99(latencies),
         "coverage": g.coverage(counts, len(requests) * k),
         "gini": g.gini(counts),
-        "top1_share": g.top_share(counts, 0.01),
+        "top1_share": g.top_share(counts, 0.01, slots=len(requests) * k),
         "size_mb": bundle_size_mb(folder),
         "catalog_size": len(catalog),
         "threads": 1,

@@ -224,7 +224,7 @@ def wait_for_dag(api: Api, timeout: float = 600) -> None:
 
 
 def ensure_pool(api: Api) -> None:
-    body = {"name": POOL, "slots": 1, "description": "DVC's repository lock: one DVC task at a time"}
+    body = {"name": POOL, "slots": 1, "description": "DVC's repository lock: one DVC task at a time", "include_deferred": False}
     try:
         api.get(f"/api/v2/pools/{POOL}")
         api.patch(f"/api/v2/pools/{POOL}", body)

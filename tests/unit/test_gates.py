@@ -44,6 +44,19 @@ def test_gini_and_share_boundaries():
     assert np.isnan(gini(np.zeros(5))) and np.isnan(top_share(np.zeros(5)))
 
 
+def test_top_share_counts_the_top_of_what_the_benchmark_can_reach():
+    # 200 top-10 lists over a 54,667-product catalog, every slot a different product: no concentration.
+    spread = np.zeros(54_667)
+    spread[:2000] = 1
+    assert top_share(spread, 0.01, slots=2000) == pytest.approx(20 / 2000)
+    # Without the slot base the top 1% (547 products) would take 27% of slots for any ranking.
+    assert top_share(spread, 0.01) == pytest.approx(547 / 2000)
+    # 20 products filling every list: all exposure in the top 1% of the reachable base.
+    piled = np.zeros(54_667)
+    piled[:20] = 100
+    assert top_share(piled, 0.01, slots=2000) == 1.0
+
+
 def test_coverage_boundaries():
     assert coverage(np.ones(10), slots=100) == 1.0
     assert coverage(np.zeros(10), slots=100) == 0.0
