@@ -1,4 +1,5 @@
 import pytest
+from pydantic import ValidationError
 
 from components.config import ParamsError, apply_overrides, parse_params
 from pipelines.common import REPO_ROOT, load_params
@@ -26,7 +27,7 @@ def test_overlapping_split_buckets_are_rejected():
 
 def test_params_are_frozen():
     params = parse_params({})
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         params.seed = 3
 
 
