@@ -62,7 +62,10 @@ def airflow_env() -> dict[str, str]:
     env.setdefault("AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL", "30")
     port = env.setdefault("AIRFLOW_PORT", "8080")
     env.setdefault("AIRFLOW__API__PORT", port)
-    env.setdefault("AIRFLOW__API__BASE_URL", f"http://localhost:{port}")
+    # Localhost only by default (standalone would listen on every interface with a generated admin
+    # password); set AIRFLOW__API__HOST=0.0.0.0 to expose it.
+    env.setdefault("AIRFLOW__API__HOST", "127.0.0.1")
+    env.setdefault("AIRFLOW__API__BASE_URL", f"http://127.0.0.1:{port}")
     # Tasks find the repository (pipelines/) and write outputs beside it.
     env.setdefault("HATCHERY_HOME", str(REPO))
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
@@ -141,7 +144,7 @@ def start_airflow(env: dict[str, str]) -> subprocess.Popen | None:
 def start_mlflow_ui(env: dict[str, str]) -> str:
     """`mlflow ui` over HATCHERY_HOME's store in the background (pid in airflow_home/mlflow.pid)."""
     port = env.get("MLFLOW_PORT", "5000")
-    url = f"http://localhost:{port}"
+    url = f"http://127.0.0.1:{port}"
     try:
         urllib.request.urlopen(url + "/health", timeout=3)
         return url  # already serving
