@@ -298,6 +298,32 @@ def registered_version(client, name: str, root: Path, domain: str):
     return max(versions, key=lambda v: int(v.version)) if versions else None
 
 
+def already_champion(charter: Charter, paths: Paths, name: str, version: str) -> dict[str, Any]:
+    """The challenger is the serving champion (same bundle, unchanged data and code): nothing to gate.
+
+    Gating a version against itself would fail the primary test (difference 0) and turn a plain re-run
+    of the lifecycle red; the registry is left exactly as it is.
+    """
+    reason = f"{name} v{version} is already the champion (same bundle): nothing to gate"
+    report = {
+        "domain": charter.domain,
+        "charter": charter.name,
+        "challenger": f"{name} v{version}",
+        "champion": f"{name} v{version} (champion)",
+        "passed": True,
+        "already_champion": True,
+        "reason": reason,
+        "checks": [],
+        "context": {"registered_model": name, "challenger_version": version},
+        "mlflow_run_id": None,
+    }
+    out = paths.reports / "gates"
+    write_json(out / f"{charter.domain}.json", report)
+    (out / f"{charter.domain}.html").write_text(render_html(report))
+    log.info("%s", reason)
+    return report
+
+
 def run(charter: Charter, paths: Paths, seed: int = 0) -> dict[str, Any]:
     """Gate the workspace's challenger; return the report dict on pass, raise GateFailed otherwise."""
     files = DOMAINS[charter.domain]
@@ -316,7 +342,14 @@ def run(charter: Charter, paths: Paths, seed: int = 0) -> dict[str, Any]:
 
     client = _client(paths)
     name = charter.registered_model
+    version = registered_version(client, name, root, charter.domain)
+    serving = alias_version(client, name, CHAMPION)
     champ = champion_values(client, name, per_unit, files.unit_id, metric)
+    if champ is not None and version is not None and serving is not None and str(serving.version) == str(version.version):
+        # Same registered bundle AND the same per-unit results as the champion's own gate: a re-run.
+        mine = per_unit[f"{primary}__{metric}"].to_numpy(dtype=float)
+        if np.allclose(mine, np.asarray(champ[1], dtype=float), equal_nan=True):
+            return already_champion(charter, paths, name, str(version.version))
     if champ is None:
         base = best_baseline(per_unit, metric, primary, metrics.get("baselines") or files.baselines)
         champ = (f"{base} (best baseline; no {name} champion yet)", per_unit[f"{base}__{metric}"].to_numpy(dtype=float))
@@ -329,7 +362,6 @@ def run(charter: Charter, paths: Paths, seed: int = 0) -> dict[str, Any]:
     measured = measure_bundle(charter.domain, root / files.bundle, requests, gr.k)
     decision = decide(charter, per_unit, primary, champion_label, champion, measured, seed)
 
-    version = registered_version(client, name, root, charter.domain)
     report = {
         **decision.to_dict(),
         "charter": charter.name,

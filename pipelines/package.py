@@ -66,10 +66,15 @@ def _builder():
 
 def run(charter: Charter, paths: Paths, bundle_dir: Path | None = None) -> dict[str, Any]:
     """Build the Bento of `<registered_model>@challenger`; return {"bento": tag, ...}."""
-    from pipelines.gate import CHALLENGER, DOMAINS, _client, alias_version
+    from pipelines.gate import CHALLENGER, CHAMPION, DOMAINS, _client, alias_version, registered_version
 
     client = _client(paths)
     version = alias_version(client, charter.registered_model, CHALLENGER)
+    current = registered_version(client, charter.registered_model, paths.root, charter.domain)
+    serving = alias_version(client, charter.registered_model, CHAMPION)
+    if version is None and current is not None and serving is not None and str(serving.version) == str(current.version):
+        # A re-run on unchanged data and code: this version was packaged when it passed the gate.
+        return {"bento": None, "version": str(current.version), "reason": "already the champion: nothing to package"}
     if version is None:
         raise PackagingError(
             f"{charter.registered_model} has no `{CHALLENGER}` alias: only a challenger that passed the gate is"
