@@ -3,6 +3,8 @@
     bundle/
       manifest.json            format version, feature names, settings, file names, library versions
       encoder/                 query tower, Hugging Face format (safetensors + tokenizer)
+      query_tower.onnx         the same query tower as an ONNX graph (pooling included), checked against
+                               PyTorch at export; the CPU query path (components/onnx_tower.py)
       product_adapter.safetensors  product-tower adapter over the base encoder (frozen mode only)
       product_encoder/         product tower when it was trained (shared mode only)
       index.faiss              FAISS index of the product embeddings (faiss.write_index)
@@ -55,11 +57,13 @@ def save_search_bundle(
     settings: dict,
     product_adapter: Path | None = None,
     product_encoder_dir: Path | None = None,
+    probe_queries: list[str] | None = None,
 ) -> dict:
     """Write every part into the (empty or new) folder `out`; returns the manifest.
 
     catalog rows must be in the index's row order. settings: query_max_length, candidates_per_source,
     rrf_k, feature_names and anything descriptive (encoder name, product tower mode).
+    probe_queries: texts the ONNX export is checked on (its max |difference| goes into the manifest).
     """
     import faiss
     import lightgbm
@@ -69,6 +73,7 @@ def save_search_bundle(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     shutil.copytree(query_encoder_dir, out / "encoder", dirs_exist_ok=True)
+    onnx_diff = _export_onnx(out, probe_queries or [], int(settings["query_max_length"]))
     if product_encoder_dir is not None:
         shutil.copytree(product_encoder_dir, out / "product_encoder", dirs_exist_ok=True)
     if product_adapter is not None:
@@ -87,7 +92,9 @@ def save_search_bundle(
         "files": {"encoder": "encoder", "index": "index.faiss", "product_ids": "product_ids.npy",
                   "catalog": "catalog.parquet", "ranker": "ranker.txt", "bm25": "bm25", "bm25_expanded": "bm25_expanded",
                   "priors": "priors", "product_adapter": "product_adapter.safetensors" if product_adapter else None,
-                  "product_encoder": "product_encoder" if product_encoder_dir else None},
+                  "product_encoder": "product_encoder" if product_encoder_dir else None,
+                  "query_tower_onnx": "query_tower.onnx"},
+        "onnx_max_abs_diff": onnx_diff,
         "versions": {"faiss": faiss.__version__, "lightgbm": lightgbm.__version__, "torch": torch.__version__.split("+")[0],
                      "transformers": transformers.__version__},
         **settings,
@@ -96,8 +103,22 @@ def save_search_bundle(
     return manifest
 
 
-def load_search_bundle(folder: Path | str, device: str = "auto"):
-    """A ready SearchModel from a bundle folder (encoder on CUDA when available, else CPU)."""
+def _export_onnx(out: Path, probe_queries: list[str], max_length: int) -> float:
+    import torch
+
+    from components.encoder import load_encoder
+    from components.onnx_tower import export_query_tower
+
+    encoder, tokenizer = load_encoder(str(out / "encoder"), torch.device("cpu"))
+    return export_query_tower(encoder, tokenizer, out / "query_tower.onnx", probe_queries[:64], max_length)
+
+
+def load_search_bundle(folder: Path | str, device: str = "auto", onnx: bool = True):
+    """A ready SearchModel from a bundle folder.
+
+    The query tower runs on CUDA when available; on CPU it runs in ONNX Runtime when the bundle has the
+    graph and `onnx` (same vectors, a third of PyTorch's latency for one query), else in PyTorch.
+    """
     import lightgbm as lgb
 
     from components.ann import read_index
@@ -110,7 +131,13 @@ def load_search_bundle(folder: Path | str, device: str = "auto"):
         raise ValueError(f"{folder}: bundle format {manifest.get('format_version')} != supported {FORMAT_VERSION}")
     catalog = pd.read_parquet(folder / "catalog.parquet")
     index = read_index(folder / "index.faiss")
-    encoder, tokenizer = load_encoder(str(folder / "encoder"), pick_device(device))
+    torch_dev = pick_device(device)
+    encoder, tokenizer = load_encoder(str(folder / "encoder"), torch_dev)
+    runtime = None
+    if onnx and torch_dev.type == "cpu" and (folder / "query_tower.onnx").exists():
+        from components.onnx_tower import OnnxQueryTower
+
+        runtime = OnnxQueryTower(folder / "query_tower.onnx", tokenizer)
     priors = _load_arrays(folder / "priors")
     return SearchModel(
         product_ids=np.load(folder / "product_ids.npy", allow_pickle=False),
@@ -128,6 +155,7 @@ def load_search_bundle(folder: Path | str, device: str = "auto"):
         candidates_per_source=int(manifest["candidates_per_source"]),
         rrf_k=int(manifest["rrf_k"]),
         feature_names=tuple(manifest["feature_names"]),
+        query_runtime=runtime,
     )
 
 

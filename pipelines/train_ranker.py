@@ -144,7 +144,8 @@ def run(params: Params, paths: Paths) -> dict:
         with staged_dir(bundle_dir(paths)) as out:
             save_search_bundle(out, catalog, enc / "query_encoder", index, full.bm25, full.bm25_expanded, full.priors,
                                booster, settings, adapter if adapter.exists() else None,
-                               enc / "product_encoder" if (enc / "product_encoder").exists() else None)
+                               enc / "product_encoder" if (enc / "product_encoder").exists() else None,
+                               probe_queries=sorted(valid[s.QUERY].astype(str).unique())[:64])
         write_json(paths.models / "search" / "ranker" / "meta.json", meta)
         mlflow.log_metrics({k: v for k, v in meta.items() if isinstance(v, int | float)})
         mlflow.log_dict(importance, "ranker_gain_importance.json")
