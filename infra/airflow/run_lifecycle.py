@@ -46,6 +46,7 @@ import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))  # run as a script: services.launch starts the Bento service
 DAG_ID = "incubation"
 POOL = "hatchery_dvc"
 DEFAULT_CHARTERS = ("semantic_search", "personalised_recommendations")
@@ -168,28 +169,17 @@ def service_env(env: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def service_up(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url.rstrip("/") + "/livez", timeout=3) as resp:
-            return resp.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 def start_service(env: dict[str, str]) -> str:
     """`bentoml serve services.service:Hatchery` on localhost in the background (pid in airflow_home/service.pid)."""
+    from services import launch
+
     url = env["HATCHERY_SERVICE_URL"]
-    if service_up(url):
+    if launch.answers(url):
         print(f"reusing the Hatchery service already answering at {url}")
         return url
     home = Path(env["AIRFLOW_HOME"])
     home.mkdir(parents=True, exist_ok=True)
-    log = (home / "service.log").open("ab")
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "bentoml"), "serve", "services.service:Hatchery",
-         "--host", "127.0.0.1", "--port", env["HATCHERY_SERVICE_PORT"]],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+    proc, _ = launch.start_service(env, home / "service.log", port=int(env["HATCHERY_SERVICE_PORT"]), own_session=True)
     (home / "service.pid").write_text(str(proc.pid))
     print(f"started the Hatchery service (pid {proc.pid}) on {url}; log: {home / 'service.log'}")
     return url
@@ -227,7 +217,8 @@ def wait_for_dag(api: Api, timeout: float = 600) -> None:
 
 
 def ensure_pool(api: Api) -> None:
-    body = {"name": POOL, "slots": 1, "description": "DVC's repository lock: one DVC task at a time", "include_deferred": False}
+    body = {"name": POOL, "slots": 1, "description": "DVC's repository lock: one DVC task at a time",
+            "include_deferred": False}
     try:
         api.get(f"/api/v2/pools/{POOL}")
         api.patch(f"/api/v2/pools/{POOL}", body)

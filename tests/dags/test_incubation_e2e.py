@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from services import launch
 from tests.dags._lifecycle_slice import write_slice
 
 pytestmark = pytest.mark.slow
@@ -58,46 +57,6 @@ def _run_dag(conf: dict, env: dict[str, str]) -> dict:
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("DAG_TEST_RESULT ")]
     assert lines, f"dag.test did not finish (exit {out.returncode}):\n{(out.stdout + out.stderr)[-4000:]}"
     return json.loads(lines[-1].removeprefix("DAG_TEST_RESULT "))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start_service(env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    cmd = [str(Path(sys.executable).parent / "bentoml"), "serve", "services.service:Hatchery"]
-    cmd += ["--host", "127.0.0.1", "--port", str(port)]
-    log_file = log_path.open("w")  # a file, not a pipe nobody reads
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT)
-    log_file.close()
-    return proc, f"http://127.0.0.1:{port}"
-
-
-def _wait_live(proc: subprocess.Popen, url: str, log_path: Path, timeout_s: float = 180) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        assert proc.poll() is None, log_path.read_text()[-3000:]
-        assert time.monotonic() < deadline, f"service not live in {timeout_s} s:\n{log_path.read_text()[-3000:]}"
-        try:
-            if httpx.get(f"{url}/livez", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
 
 
 def _run_folder(home: Path, run_id: str) -> Path:
@@ -141,11 +100,11 @@ def lifecycle(homedepot_raw: pd.DataFrame, online_retail_raw: pd.DataFrame, tmp_
     for k in ("HATCHERY_SEARCH_BUNDLE", "HATCHERY_RECOMMEND_BUNDLE"):
         env.pop(k, None)
     service_log = root / "serve.log"
-    service, url = _start_service(env, service_log)  # starts while the slice is written
+    service, url = launch.start_service(env, service_log)  # starts while the slice is written
     env["HATCHERY_SERVICE_URL"] = url
     try:
         data = write_slice(homedepot_raw, online_retail_raw, root / "data")
-        _wait_live(service, url, service_log)
+        launch.wait_for_service(service, url, service_log, path="/livez", timeout_s=180)
         conf = {
             "charter": CHARTER,
             "overrides": {"data.search.path": str(data), "data.recommend.path": str(data), **TINY},
@@ -169,7 +128,7 @@ def lifecycle(homedepot_raw: pd.DataFrame, online_retail_raw: pd.DataFrame, tmp_
             "served": {"status": served.status_code, "body": served.json()},
         }
     finally:
-        _stop(service)
+        launch.stop_service(service)
 
 
 def _ledger(home: Path, run_id: str) -> dict[str, dict]:
@@ -282,7 +241,7 @@ def test_rollout_without_a_service_fails_saying_how_to_start_one(tmp_path, monke
     from pipelines import lifecycle as lc
 
     monkeypatch.setenv("HATCHERY_HOME", str(tmp_path))
-    monkeypatch.setenv("HATCHERY_SERVICE_URL", f"http://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("HATCHERY_SERVICE_URL", f"http://127.0.0.1:{launch.free_port()}")
     with pytest.raises(lc.ServiceUnavailable, match=r"make run.*bentoml serve services\.service:Hatchery"):
         lc.rollout({"charter": CHARTER, "overrides": {}}, "no-service")
     ledger = json.loads((_run_folder(tmp_path, "no-service") / "stages" / "rollout.json").read_text())

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -362,17 +361,12 @@ def test_restarted_service_resumes_the_same_canary_and_arms(world) -> None:
 
 
 # --- a real server ------------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_bentoml_serve_over_http_with_a_load_test(world, tmp_path) -> None:
     import httpx
 
-    port = _free_port()
+    from services.launch import start_service, stop_service, wait_for_service
+
     env = {
         **os.environ,
         **world["env"],
@@ -380,30 +374,10 @@ def test_bentoml_serve_over_http_with_a_load_test(world, tmp_path) -> None:
         "HATCHERY_SEARCH_BUNDLE": str(world["bundles"]["v1"]),
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db",
     }
-    cmd = [
-        str(Path(sys.executable).parent / "bentoml"),
-        "serve",
-        "services.service:Hatchery",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    # A file, not a pipe: the access log of thousands of requests would fill a pipe nobody reads and block the server.
-    log_file = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    log_path = tmp_path / "serve.log"
+    proc, url = start_service(env, log_path)
     try:
-        deadline = time.monotonic() + 150
-        while True:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "service not ready in 150 s"
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
+        wait_for_service(proc, url, log_path, timeout_s=150)
         with httpx.Client(base_url=url, timeout=60) as http:
             assert http.post("/search", json={"query": "wood screws", "k": 3}).json()["model_version"] == "local"
             assert (
@@ -431,9 +405,4 @@ def test_bentoml_serve_over_http_with_a_load_test(world, tmp_path) -> None:
             ]
             assert line and float(line[0].split()[-1]) >= n
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log_file.close()
+        stop_service(proc)
