@@ -64,7 +64,7 @@ def ann_recall(index, embeddings: np.ndarray, queries: np.ndarray, k: int) -> fl
     _, approx = search_index(index, queries, k)
     _, exact = exact_search(embeddings, queries, k)
     kk = exact.shape[1]
-    return float(np.mean([len(set(a) & set(e)) / kk for a, e in zip(approx, exact)]))
+    return float(np.mean([len(set(a) & set(e)) / kk for a, e in zip(approx, exact, strict=True)]))
 
 
 def write_index(index, path: str) -> None:

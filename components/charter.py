@@ -177,5 +177,6 @@ def check_stages(charter: Charter, known_stages: list[str]) -> None:
     missing = [s for s in charter.stages if s not in known_stages]
     if missing:
         raise CharterError(
-            f"charter {charter.name!r}: stages {missing} are not in dvc.yaml (it has: {', '.join(known_stages) or 'none'})"
+            f"charter {charter.name!r}: stages {missing} are not in dvc.yaml "
+            f"(it has: {', '.join(known_stages) or 'none'})"
         )

@@ -58,7 +58,9 @@ def catalog_check(catalog: pd.DataFrame, c: ChecksParams) -> CheckedFrame:
         gxe.ExpectColumnValuesToBeInSet(column=HAS_PII, value_set=[False]),
     ]
     if s.PRICE in frame.columns:
-        exp.append(gxe.ExpectColumnValuesToBeBetween(column=s.PRICE, min_value=0, max_value=c.max_price, strict_min=True))
+        exp.append(
+            gxe.ExpectColumnValuesToBeBetween(column=s.PRICE, min_value=0, max_value=c.max_price, strict_min=True)
+        )
     return CheckedFrame(s.CATALOG, frame, exp)
 
 
@@ -75,7 +77,9 @@ def queries_check(queries: pd.DataFrame, c: ChecksParams) -> CheckedFrame:
     return CheckedFrame(s.QUERIES, frame, exp)
 
 
-def judgments_check(judgments: pd.DataFrame, catalog: pd.DataFrame, queries: pd.DataFrame, c: ChecksParams) -> CheckedFrame:
+def judgments_check(
+    judgments: pd.DataFrame, catalog: pd.DataFrame, queries: pd.DataFrame, c: ChecksParams
+) -> CheckedFrame:
     frame = judgments.assign(
         **{
             IN_CATALOG: judgments[s.PRODUCT_ID].isin(set(catalog[s.PRODUCT_ID])),
@@ -88,7 +92,9 @@ def judgments_check(judgments: pd.DataFrame, catalog: pd.DataFrame, queries: pd.
         gxe.ExpectColumnValuesToNotBeNull(column=s.RELEVANCE),
         gxe.ExpectColumnValuesToBeBetween(column=s.RELEVANCE, min_value=c.relevance_min, max_value=c.relevance_max),
         # A mean far from the usual band means the scale was misread (0-based, 1-5, inverted).
-        gxe.ExpectColumnMeanToBeBetween(column=s.RELEVANCE, min_value=c.relevance_mean_min, max_value=c.relevance_mean_max),
+        gxe.ExpectColumnMeanToBeBetween(
+            column=s.RELEVANCE, min_value=c.relevance_mean_min, max_value=c.relevance_mean_max
+        ),
         gxe.ExpectColumnValuesToBeInSet(column=IN_CATALOG, value_set=[True]),
         gxe.ExpectColumnValuesToBeInSet(column=QUERY_KNOWN, value_set=[True]),
     ]
@@ -132,8 +138,14 @@ def search_split_checks(queries_with_split: pd.DataFrame, parts: dict[str, pd.Da
                 gxe.ExpectColumnValuesToBeInSet(column=s.SPLIT, value_set=["train", "valid", "test"]),
             ],
         ),
-        CheckedFrame("search_split_leakage", per_query, [gxe.ExpectColumnValuesToBeBetween(column=N_SPLITS, min_value=1, max_value=1)]),
-        CheckedFrame("search_split_sizes", sizes, [gxe.ExpectColumnValuesToBeBetween(column=SPLIT_QUERIES, min_value=1)]),
+        CheckedFrame(
+            "search_split_leakage",
+            per_query,
+            [gxe.ExpectColumnValuesToBeBetween(column=N_SPLITS, min_value=1, max_value=1)],
+        ),
+        CheckedFrame(
+            "search_split_sizes", sizes, [gxe.ExpectColumnValuesToBeBetween(column=SPLIT_QUERIES, min_value=1)]
+        ),
     ]
 
 
@@ -159,6 +171,8 @@ def recommend_split_checks(folds: Iterable, pieces: dict[str, tuple[pd.DataFrame
             gxe.ExpectColumnMinToBeBetween(column=s.TIMESTAMP, min_value=pd.Timestamp(fold.cutoff).isoformat()),
         ]
         if fold.end is not None:
-            window_exp.append(gxe.ExpectColumnMaxToBeBetween(column=s.TIMESTAMP, max_value=pd.Timestamp(fold.end).isoformat()))
+            window_exp.append(
+                gxe.ExpectColumnMaxToBeBetween(column=s.TIMESTAMP, max_value=pd.Timestamp(fold.end).isoformat())
+            )
         out.append(CheckedFrame(f"recommend_{fold.name}_window", window, window_exp))
     return out

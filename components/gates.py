@@ -95,7 +95,8 @@ def improvement_check(
     units = int(keep.sum())
     passed = units > 0 and _finite(p_margin) and p_margin <= 1.0 - confidence
     detail = (
-        f"{metric} {np.nanmean(a[keep]) if units else float('nan'):.4f} vs {np.nanmean(b[keep]) if units else float('nan'):.4f}: "
+        f"{metric} {np.nanmean(a[keep]) if units else float('nan'):.4f} "
+        f"vs {np.nanmean(b[keep]) if units else float('nan'):.4f}: "
         f"difference {diff:+.4f} (95% CI {lo:+.4f}..{hi:+.4f}, n={units}), "
         f"P(difference <= {min_improvement}) = {p_margin:.3f} {'<=' if passed else '>'} {1 - confidence:.3f}"
     )

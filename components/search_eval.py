@@ -26,7 +26,7 @@ def judged_gains(judgments: pd.DataFrame) -> dict[str, dict[str, float]]:
     """query_id -> {product_id: gain = relevance - 1}."""
     gain = judgments[s.RELEVANCE].astype(float) - 1.0
     out: dict[str, dict[str, float]] = {}
-    for q, p, g in zip(judgments[s.QUERY_ID].astype(str), judgments[s.PRODUCT_ID].astype(str), gain):
+    for q, p, g in zip(judgments[s.QUERY_ID].astype(str), judgments[s.PRODUCT_ID].astype(str), gain, strict=True):
         out.setdefault(q, {})[p] = float(g)
     return out
 
@@ -36,25 +36,32 @@ def relevant_sets(gains: Mapping[str, Mapping[str, float]]) -> dict[str, set[str
     return {q: {p for p, g in pg.items() if g + 1.0 >= RELEVANT_AT} for q, pg in gains.items()}
 
 
-def full_catalog_metrics(query_ids: Sequence[str], rankings: Sequence[Sequence[str]],
-                         gains: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
+def full_catalog_metrics(
+    query_ids: Sequence[str], rankings: Sequence[Sequence[str]], gains: Mapping[str, Mapping[str, float]]
+) -> pd.DataFrame:
     """Per query: ndcg_at_10 and recall_at_100 of a full-catalog ranking (product ids best first).
 
     A ranking needs at least its top 100; NaN where the protocol skips the query.
     """
     relevant = relevant_sets(gains)
     rows = []
-    for q, ranked in zip(query_ids, rankings):
+    for q, ranked in zip(query_ids, rankings, strict=True):
         g = gains.get(q, {})
-        rows.append({"ndcg_at_10": ndcg_at_k(ranked, g, NDCG_K), "recall_at_100": recall_at_k(ranked, relevant.get(q, set()), RECALL_K)})
+        rows.append(
+            {
+                "ndcg_at_10": ndcg_at_k(ranked, g, NDCG_K),
+                "recall_at_100": recall_at_k(ranked, relevant.get(q, set()), RECALL_K),
+            }
+        )
     return pd.DataFrame(rows, index=pd.Index(list(query_ids), name=s.QUERY_ID))
 
 
-def rerank_ndcg(query_ids: Sequence[str], judged_scores: Sequence[Mapping[str, float]],
-                gains: Mapping[str, Mapping[str, float]]) -> np.ndarray:
+def rerank_ndcg(
+    query_ids: Sequence[str], judged_scores: Sequence[Mapping[str, float]], gains: Mapping[str, Mapping[str, float]]
+) -> np.ndarray:
     """Re-rank NDCG@10: each query's judged products ordered by score, ties by product id ascending."""
     out = []
-    for q, sc in zip(query_ids, judged_scores):
+    for q, sc in zip(query_ids, judged_scores, strict=True):
         g = gains.get(q, {})
         pids = sorted(g)
         order = rerank_order(pids, [float(sc.get(p, 0.0)) for p in pids])

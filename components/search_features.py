@@ -76,7 +76,7 @@ def expanded_texts(titles: Sequence[str], product_ids: Sequence[str], judgments:
     """Each title followed by the train queries that judged the product at >= min_relevance (doc2query-style)."""
     good = judgments[judgments[s.RELEVANCE] >= min_relevance]
     extra = good.groupby(good[s.PRODUCT_ID].astype(str))[s.QUERY].agg(" ".join)
-    return [f"{t or ''} {extra.get(str(p), '')}".strip() for t, p in zip(titles, product_ids)]
+    return [f"{t or ''} {extra.get(str(p), '')}".strip() for t, p in zip(titles, product_ids, strict=True)]
 
 
 def title_token_sets(titles: Sequence[str]) -> list[frozenset[str]]:

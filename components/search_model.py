@@ -96,15 +96,16 @@ class SearchModel:
 
     def _features(self, query: str, q_emb: np.ndarray, cand: np.ndarray, bm, bx, best) -> np.ndarray:
         dense = self.embeddings[cand] @ q_emb
-        return pair_features(query, cand, bm, bx, dense, best, self._token_sets, self._title_lengths,
-                             self.priors, self.price)
+        return pair_features(
+            query, cand, bm, bx, dense, best, self._token_sets, self._title_lengths, self.priors, self.price
+        )
 
     def candidate_features(self, queries: Sequence[str], q_embs: np.ndarray | None = None):
         """Per query: (candidate indices, feature matrix (m, n_features)). Used to train the ranker."""
         queries = [self.clean_query(q) for q in queries]
         q_embs = self.encode_queries(queries) if q_embs is None else q_embs
         out = []
-        for q, e in zip(queries, q_embs):
+        for q, e in zip(queries, q_embs, strict=True):
             if not q:
                 out.append((np.zeros(0, np.int64), np.zeros((0, len(self.feature_names)), np.float32)))
                 continue
@@ -116,7 +117,7 @@ class SearchModel:
         if self.booster is not None:
             return self.booster.predict(x) if len(x) else np.zeros(0)
         ids, fused = _rrf(sources, self.rrf_k)
-        lookup = dict(zip(ids.tolist(), fused.tolist()))
+        lookup = dict(zip(ids.tolist(), fused.tolist(), strict=True))
         return np.array([lookup.get(c, 0.0) for c in cand.tolist()])
 
     def rank_queries(self, queries: Sequence[str], k: int = 100, q_embs: np.ndarray | None = None):
@@ -124,7 +125,7 @@ class SearchModel:
         queries = [self.clean_query(q) for q in queries]
         q_embs = self.encode_queries(queries) if q_embs is None else q_embs
         out = []
-        for q, e in zip(queries, q_embs):
+        for q, e in zip(queries, q_embs, strict=True):
             if not q:
                 out.append((np.zeros(0, np.int64), np.zeros(0)))
                 continue
@@ -160,12 +161,14 @@ class SearchModel:
         order = np.lexsort((cand, -scores))[:k]
         results = [
             {"product_id": str(self.product_ids[c]), "title": self.titles[c], "score": float(scores[o])}
-            for o, c in zip(order, cand[order])
+            for o, c in zip(order, cand[order], strict=True)
         ]
         if explain and self.booster is not None:
             from components.ranker import contributions
 
-            for r, contrib in zip(results, contributions(self.booster, x[order], self.feature_names, top_features)):
+            for r, contrib in zip(
+                results, contributions(self.booster, x[order], self.feature_names, top_features), strict=True
+            ):
                 r["contributions"] = [[name, value] for name, value in contrib]
         return results
 

@@ -345,7 +345,12 @@ def run(charter: Charter, paths: Paths, seed: int = 0) -> dict[str, Any]:
     version = registered_version(client, name, root, charter.domain)
     serving = alias_version(client, name, CHAMPION)
     champ = champion_values(client, name, per_unit, files.unit_id, metric)
-    if champ is not None and version is not None and serving is not None and str(serving.version) == str(version.version):
+    if (
+        champ is not None
+        and version is not None
+        and serving is not None
+        and str(serving.version) == str(version.version)
+    ):
         # Same registered bundle AND the same per-unit results as the champion's own gate: a re-run.
         mine = per_unit[f"{primary}__{metric}"].to_numpy(dtype=float)
         if np.allclose(mine, np.asarray(champ[1], dtype=float), equal_nan=True):

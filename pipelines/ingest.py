@@ -53,7 +53,11 @@ def source_files(domain: str, source: SourceParams) -> Path:
     if source.source == "canonical":
         return Path(source.path).expanduser()
     root = datasets_dir(source.path)
-    return root / "homedepot" / "train.csv.zip" if source.source == "homedepot" else root / "online_retail" / "online_retail.parquet"
+    return (
+        root / "homedepot" / "train.csv.zip"
+        if source.source == "homedepot"
+        else root / "online_retail" / "online_retail.parquet"
+    )
 
 
 def run(params: Params, paths: Paths) -> dict[str, dict[str, int]]:

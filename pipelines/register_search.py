@@ -14,7 +14,16 @@ from __future__ import annotations
 import logging
 
 from components.config import Params
-from pipelines.common import REPO_ROOT, Paths, content_hash, git_commit, load_params, mlflow_run, tracking_uri, write_json
+from pipelines.common import (
+    REPO_ROOT,
+    Paths,
+    content_hash,
+    git_commit,
+    load_params,
+    mlflow_run,
+    tracking_uri,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 

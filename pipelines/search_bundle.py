@@ -89,14 +89,26 @@ def save_search_bundle(
     manifest = {
         "format_version": FORMAT_VERSION,
         "n_products": int(len(catalog)),
-        "files": {"encoder": "encoder", "index": "index.faiss", "product_ids": "product_ids.npy",
-                  "catalog": "catalog.parquet", "ranker": "ranker.txt", "bm25": "bm25", "bm25_expanded": "bm25_expanded",
-                  "priors": "priors", "product_adapter": "product_adapter.safetensors" if product_adapter else None,
-                  "product_encoder": "product_encoder" if product_encoder_dir else None,
-                  "query_tower_onnx": "query_tower.onnx"},
+        "files": {
+            "encoder": "encoder",
+            "index": "index.faiss",
+            "product_ids": "product_ids.npy",
+            "catalog": "catalog.parquet",
+            "ranker": "ranker.txt",
+            "bm25": "bm25",
+            "bm25_expanded": "bm25_expanded",
+            "priors": "priors",
+            "product_adapter": "product_adapter.safetensors" if product_adapter else None,
+            "product_encoder": "product_encoder" if product_encoder_dir else None,
+            "query_tower_onnx": "query_tower.onnx",
+        },
         "onnx_max_abs_diff": onnx_diff,
-        "versions": {"faiss": faiss.__version__, "lightgbm": lightgbm.__version__, "torch": torch.__version__.split("+")[0],
-                     "transformers": transformers.__version__},
+        "versions": {
+            "faiss": faiss.__version__,
+            "lightgbm": lightgbm.__version__,
+            "torch": torch.__version__.split("+")[0],
+            "transformers": transformers.__version__,
+        },
         **settings,
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")

@@ -25,7 +25,7 @@ STEP = "split"
 
 def run(params: Params, paths: Paths) -> dict[str, int]:
     """Write both domains' splits; a failed split check raises and publishes nothing."""
-    from pipelines.validate import check_search_split, check_recommend_split
+    from pipelines.validate import check_recommend_split, check_search_split
 
     sp = params.split
     counts: dict[str, int] = {}

@@ -71,7 +71,9 @@ def run_checks(checked: list[contracts.CheckedFrame], report_dir: Path, sample_r
             suite = ctx.suites.add(gx.ExpectationSuite(name=item.name))
             for expectation in item.expectations:
                 suite.add_expectation(expectation)
-            definition = ctx.validation_definitions.add(gx.ValidationDefinition(name=item.name, data=batch, suite=suite))
+            definition = ctx.validation_definitions.add(
+                gx.ValidationDefinition(name=item.name, data=batch, suite=suite)
+            )
             checkpoint = ctx.checkpoints.add(
                 gx.Checkpoint(
                     name=item.name,
@@ -98,7 +100,9 @@ def run_checks(checked: list[contracts.CheckedFrame], report_dir: Path, sample_r
                     index = r.result.get("unexpected_index_list") or []
                     if index:
                         rows = item.frame.loc[[i for i in index[:sample_rows] if i in item.frame.index]]
-                        entry["sample_rows"] = _jsonable(rows.astype(object).where(rows.notna(), None).to_dict("records"))
+                        entry["sample_rows"] = _jsonable(
+                            rows.astype(object).where(rows.notna(), None).to_dict("records")
+                        )
                     entries.append(entry)
                     if not entry["success"]:
                         result["failures"].append({"suite": item.name, **entry})
@@ -116,7 +120,9 @@ def summarize_failures(result: dict[str, Any], title: str) -> str:
     for f in result["failures"]:
         column = f["kwargs"].get("column") or f["kwargs"].get("column_list") or "(table)"
         detail = f.get("error") or (
-            f"{f['unexpected_count']} offending rows" if f.get("unexpected_count") else f"observed {f['observed_value']}"
+            f"{f['unexpected_count']} offending rows"
+            if f.get("unexpected_count")
+            else f"observed {f['observed_value']}"
         )
         lines.append(f"  - {f['suite']}: {f['expectation']} on {column} {_bounds(f['kwargs'])}: {detail}")
         for row in f.get("sample_rows", [])[:3]:
@@ -134,7 +140,9 @@ def _enforce(result: dict[str, Any], title: str, report_dir: Path) -> None:
         raise DataCheckError(summarize_failures(result, title) + f"\nfull report: {report_dir / 'index.html'}")
 
 
-def table_checks(tables: dict[str, dict[str, pd.DataFrame]], params: Params, now: datetime) -> list[contracts.CheckedFrame]:
+def table_checks(
+    tables: dict[str, dict[str, pd.DataFrame]], params: Params, now: datetime
+) -> list[contracts.CheckedFrame]:
     """Every table suite for the search and recommend domains."""
     c = params.checks
     search, rec = tables["search"], tables["recommend"]
@@ -146,7 +154,7 @@ def table_checks(tables: dict[str, dict[str, pd.DataFrame]], params: Params, now
         contracts.events_check(rec[s.EVENTS], rec[s.CATALOG], c, now),
     ]
     names = ["search_catalog", "search_queries", "search_judgments", "recommend_catalog", "recommend_events"]
-    return [contracts.CheckedFrame(n, cf.frame, cf.expectations) for n, cf in zip(names, checked)]
+    return [contracts.CheckedFrame(n, cf.frame, cf.expectations) for n, cf in zip(names, checked, strict=True)]
 
 
 def run(params: Params, paths: Paths, now: datetime | None = None) -> dict[str, Any]:
@@ -172,10 +180,14 @@ def run(params: Params, paths: Paths, now: datetime | None = None) -> dict[str, 
     return result
 
 
-def check_search_split(params: Params, paths: Paths, queries_with_split: pd.DataFrame, parts: dict[str, pd.DataFrame]) -> None:
+def check_search_split(
+    params: Params, paths: Paths, queries_with_split: pd.DataFrame, parts: dict[str, pd.DataFrame]
+) -> None:
     """Split-integrity suites for search; raises DataCheckError before anything is published."""
     report_dir = paths.reports / "data_checks" / "search_split"
-    result = run_checks(contracts.search_split_checks(queries_with_split, parts), report_dir, params.checks.failed_rows_sample)
+    result = run_checks(
+        contracts.search_split_checks(queries_with_split, parts), report_dir, params.checks.failed_rows_sample
+    )
     _enforce(result, "search split checks failed", report_dir)
 
 

@@ -26,13 +26,15 @@ def write_search_slice(raw: pd.DataFrame, paths: Paths, n_products: int = 300, n
         picked.append(parts[name][parts[name][s.QUERY_ID].isin(ids)])
     judged = set(pd.concat(picked)[s.PRODUCT_ID])
     catalog = tables[s.CATALOG]
-    extra = catalog[~catalog[s.PRODUCT_ID].isin(judged)].sort_values(s.PRODUCT_ID).head(max(0, n_products - len(judged)))
+    extra = (
+        catalog[~catalog[s.PRODUCT_ID].isin(judged)].sort_values(s.PRODUCT_ID).head(max(0, n_products - len(judged)))
+    )
     catalog = pd.concat([catalog[catalog[s.PRODUCT_ID].isin(judged)], extra]).sort_values(s.PRODUCT_ID)
     (paths.validated / "search").mkdir(parents=True, exist_ok=True)
     catalog.reset_index(drop=True).to_parquet(paths.validated / "search" / "catalog.parquet", index=False)
     out = paths.split / "search"
     out.mkdir(parents=True, exist_ok=True)
-    for name, frame in zip(("valid", "test", "train"), picked):
+    for name, frame in zip(("valid", "test", "train"), picked, strict=True):
         frame.reset_index(drop=True).to_parquet(out / f"{name}.parquet", index=False)
     keep = set(pd.concat(picked)[s.QUERY_ID])
     queries[queries[s.QUERY_ID].isin(keep)].to_parquet(out / "queries.parquet", index=False)

@@ -91,7 +91,10 @@ def test_bring_your_own_canonical_csv_folder(paths, tmp_path):
 
     params = small_params(
         shop,
-        data={"search": {"source": "canonical", "path": str(shop)}, "recommend": {"source": "canonical", "path": str(shop)}},
+        data={
+            "search": {"source": "canonical", "path": str(shop)},
+            "recommend": {"source": "canonical", "path": str(shop)},
+        },
         split={"recommend_test_cutoff": None, "recommend_valid_cutoff": None},
     )
     ingest.run(params, paths)
@@ -167,7 +170,9 @@ def _negative_quantity(f):
         ("recommend", s.EVENTS, _negative_quantity, "recommend_events", "quantity"),
     ],
 )
-def test_corrupted_tables_are_caught_named_and_publish_nothing(paths, validated_root, domain, table, change, suite, expectation):
+def test_corrupted_tables_are_caught_named_and_publish_nothing(
+    paths, validated_root, domain, table, change, suite, expectation
+):
     root, params = validated_root
     for sub in ("data", "mlflow.db"):
         (shutil.copytree if sub == "data" else shutil.copy)(root / sub, paths.root / sub)
@@ -187,7 +192,11 @@ def test_leaked_query_is_caught_by_the_split_check(paths, mini_data):
     ingested = small_params(mini_data)
     queries = pd.DataFrame({s.QUERY_ID: ["q1", "q2"], s.QUERY: ["a", "b"], s.SPLIT: ["train", "test"]})
     row = {s.QUERY_ID: "q1", s.QUERY: "a", s.PRODUCT_ID: "p", s.RELEVANCE: 3.0}
-    parts = {"train": pd.DataFrame([row]), "valid": pd.DataFrame([{**row, s.QUERY_ID: "q2"}]), "test": pd.DataFrame([row])}
+    parts = {
+        "train": pd.DataFrame([row]),
+        "valid": pd.DataFrame([{**row, s.QUERY_ID: "q2"}]),
+        "test": pd.DataFrame([row]),
+    }
     with pytest.raises(validate.DataCheckError, match="search_split_leakage"):
         validate.check_search_split(ingested, paths, queries, parts)
 

@@ -92,7 +92,14 @@ def test_metrics_file_has_every_model_with_intervals(trained) -> None:
             assert m["ndcg_at_10_ci"][0] <= m["ndcg_at_10"] <= m["ndcg_at_10_ci"][1]
     per_query = pd.read_parquet(trained["paths"].models / "search" / "eval" / "per_query.parquet")
     assert len(per_query) == report["test_queries"] == 10
-    assert {"query_id", "query", "query_length", "head_tail", "bm25__ndcg_at_10", "hybrid_ranker__recall_at_100"} <= set(per_query)
+    assert {
+        "query_id",
+        "query",
+        "query_length",
+        "head_tail",
+        "bm25__ndcg_at_10",
+        "hybrid_ranker__recall_at_100",
+    } <= set(per_query)
     assert (trained["paths"].models / "search" / "eval" / "metrics_by_model.png").stat().st_size > 1000
 
 

@@ -54,7 +54,7 @@ def test_expected_random_ndcg_matches_enumeration():
 
     gains = [2.0, 1.0, 0.0, 0.5]
     ids = ["a", "b", "c", "d"]
-    table = dict(zip(ids, gains))
+    table = dict(zip(ids, gains, strict=True))
     exact = np.mean([m.ndcg_at_k(list(p), table, 3) for p in permutations(ids)])
     assert m.expected_random_ndcg_at_k(gains, 3) == pytest.approx(exact)
 

@@ -42,7 +42,9 @@ def test_split_queries_assigns_each_query_once_by_bucket():
 
 
 def test_temporal_folds_do_not_overlap_and_respect_cutoffs():
-    ts = pd.to_datetime(["2011-10-08 23:59", "2011-10-09 00:00", "2011-11-08 23:59", "2011-11-09 00:00", "2011-12-09 12:00"])
+    ts = pd.to_datetime(
+        ["2011-10-08 23:59", "2011-10-09 00:00", "2011-11-08 23:59", "2011-11-09 00:00", "2011-12-09 12:00"]
+    )
     events = pd.DataFrame({s.TIMESTAMP: ts, s.USER_ID: list("abcde")})
     valid, test = temporal_folds(events, datetime(2011, 11, 9), datetime(2011, 10, 9))
     v_hist, v_win = split_events(events, valid)
