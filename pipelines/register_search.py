@@ -76,7 +76,8 @@ def _requirements() -> list[str]:
     """Pins of what loading the bundle imports, read from the installed versions."""
     from importlib.metadata import version
 
-    pkgs = ("torch", "transformers", "faiss-cpu", "lightgbm", "numpy", "pandas", "pyarrow", "scipy", "safetensors")
+    pkgs = ("torch", "transformers", "onnxruntime", "faiss-cpu", "lightgbm", "numpy", "pandas", "pyarrow", "scipy",
+            "safetensors")
     out = []
     for p in pkgs:
         try:
