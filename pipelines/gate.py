@@ -289,9 +289,14 @@ def registered_version(client, name: str, root: Path, domain: str):
     hashed = content_hash(bundle)
     record = root / "models" / domain / "registered.json"
     if record.exists():
+        from mlflow.exceptions import MlflowException
+
         info = json.loads(record.read_text())
         if info.get("name") == name and info.get("bundle_hash") == hashed:
-            return client.get_model_version(name, str(info["version"]))
+            try:
+                return client.get_model_version(name, str(info["version"]))
+            except MlflowException:  # a stale record: the MLflow store was reset after registering
+                log.warning("%s names %s v%s, which the registry does not have", record, name, info["version"])
     if not client.search_registered_models(filter_string=f"name = '{name}'"):
         return None
     versions = client.search_model_versions(f"name = '{name}' and tag.bundle_hash = '{hashed}'")
@@ -413,7 +418,11 @@ def run(charter: Charter, paths: Paths, seed: int = 0) -> dict[str, Any]:
     if not decision.passed:
         raise GateFailed(decision.reason())
     if version is None:
-        raise GateFailed(f"the challenger passed, but {name} has no registered version: run the register stage")
+        stage = f"register_{charter.domain}"
+        raise GateFailed(
+            f"the challenger passed, but {name} has no registered version of this bundle (was the MLflow store "
+            f"reset?): run `dvc repro -f {stage}` (DVC skips a cached {stage}), then trigger again"
+        )
     current = alias_version(client, name, CHALLENGER)
     if current is not None and current.version == version.version:
         log.info("%s v%s already holds the %s alias: nothing to change", name, version.version, CHALLENGER)

@@ -112,3 +112,23 @@ def test_first_champion_is_the_best_listed_baseline():
     assert best_baseline(per_unit, "ndcg_at_10", "hybrid", ("bm25", "hybrid")) == "bm25"
     with pytest.raises(GateFailed, match="none of the baselines"):
         best_baseline(per_unit, "ndcg_at_10", "hybrid", ("popularity",))
+
+
+def test_a_stale_registration_record_is_not_a_registered_version(paths):
+    """registered.json naming a version the registry lacks (the MLflow store was reset) counts as unregistered."""
+    from mlflow import MlflowClient
+
+    from pipelines.common import content_hash, tracking_uri
+    from pipelines.gate import DOMAINS, registered_version
+
+    bundle = paths.root / DOMAINS["search"].bundle
+    bundle.mkdir(parents=True)
+    (bundle / "manifest.json").write_text("{}")
+    write_json(
+        paths.models / "search" / "registered.json",
+        {"name": "hatchery-search", "version": 3, "bundle_hash": content_hash(bundle), "created": True},
+    )
+    client = MlflowClient(tracking_uri(paths), registry_uri=tracking_uri(paths))
+    assert registered_version(client, "hatchery-search", paths.root, "search") is None
+    client.create_registered_model("hatchery-search")
+    assert registered_version(client, "hatchery-search", paths.root, "search") is None
