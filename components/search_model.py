@@ -83,6 +83,10 @@ class SearchModel:
             return self.query_runtime.encode(list(queries), batch_size, self.query_max_length)
         return encode_texts(self.encoder, self.tokenizer, list(queries), batch_size, self.query_max_length)
 
+    def warm_up(self) -> None:
+        """Answer one query end to end, so the first real request does not pay the one-off costs."""
+        self.search("warm up", k=1)
+
     def _retrieve(self, query: str, q_emb: np.ndarray):
         """Candidates (sorted product indices) and the query's full-catalog signals."""
         k = self.candidates_per_source

@@ -227,6 +227,9 @@ class DomainRuntime:
         log.info("loaded %s v%s in %.1f s", self.domain, ref.version, time.perf_counter() - t0)
         if self.threads:  # again: loading may have brought in OpenMP runtimes (LightGBM, FAISS) threadpoolctl missed
             limit_threads(self.threads)
+        warm_up = getattr(model, "warm_up", None)
+        if callable(warm_up):  # pay one-off costs (the ONNX session, first-call allocations) before traffic
+            warm_up()
         return Loaded(ref, model, QueryCache() if self.domain == "search" else None)
 
     def _apply(self, state: ro.RolloutState, champion_ref: ro.ModelRef | None = None) -> None:

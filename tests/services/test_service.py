@@ -174,6 +174,16 @@ def _feedback_statuses(world) -> list[int]:
 
 
 # --- the endpoint ----------------------------------------------------------------------------------------
+def test_a_loaded_search_model_is_warmed_up_before_it_serves(world) -> None:
+    """The ONNX session and first-call costs are paid at load, not by the first user's request."""
+    from services.runtime import DomainRuntime
+
+    rt = DomainRuntime("search", world["root"], threads=1)
+    rt.start()
+    tower = rt.champion.model.query_runtime
+    assert tower is not None and tower._session is not None and tower._threads == 1
+
+
 def test_search_answers_with_version_arm_and_explanations(world) -> None:
     r = world["http"].post("/search", json={"query": "cordless drill", "k": 5, "explain": True})
     assert r.status_code == 200, r.text
