@@ -4,8 +4,9 @@
 
 Prints products/s of batch inference (the catalog pass) and the median and p99 milliseconds of one
 query through SearchModel.search (encode + ANN + BM25 + features + LightGBM re-rank of the
-candidates) over the test queries, one at a time as the service sees them. Not a DVC stage: timings
-depend on the machine, so they are printed, not versioned.
+candidates) over the test queries, one at a time as the service sees them: with the query tower as
+served (ONNX Runtime on CPU) and, as the baseline measured in the same run, in eager PyTorch, with
+the ratio of the two. Not a DVC stage: timings depend on the machine, so they are printed, not versioned.
 """
 
 from __future__ import annotations
@@ -45,21 +46,36 @@ def run(paths: Paths, n_products: int = 2000, n_queries: int = 0, warmup: int = 
     test = pd.read_parquet(paths.split / "search" / "test.parquet")
     queries = sorted(test[s.QUERY].astype(str).unique())
     queries = queries[:n_queries] if n_queries else queries
+    # The query tower as served (ONNX Runtime on CPU) and, as the in-run baseline, in eager PyTorch:
+    # alternated query by query so background load drifts into both alike.
+    onnx_tower = model.query_runtime
+    towers = {"served": onnx_tower, "pytorch": None} if onnx_tower is not None else {"pytorch": None}
+    lat: dict[str, list[float]] = {name: [] for name in towers}
     for q in queries[:warmup]:
-        model.search(q, k=10)
-    lat, cands = [], []
+        for tower in towers.values():
+            model.query_runtime = tower
+            model.search(q, k=10)
     for q in queries:
-        t0 = time.perf_counter()
-        model.search(q, k=10)
-        lat.append((time.perf_counter() - t0) * 1000)
+        for name, tower in towers.items():
+            model.query_runtime = tower
+            t0 = time.perf_counter()
+            model.search(q, k=10)
+            lat[name].append((time.perf_counter() - t0) * 1000)
+    model.query_runtime = onnx_tower
+    served, base = np.asarray(lat[next(iter(towers))]), np.asarray(lat["pytorch"])
+    cands = []
     for q in queries[:200]:
         cands.append(len(model.candidate_features([q])[0][0]))
     result = {
         "products_per_s": round(len(titles) / enc_seconds, 1),
         "catalog_pass_minutes": round(model.n_products / (len(titles) / enc_seconds) / 60, 1),
-        "query_latency_ms_median": round(float(np.median(lat)), 1),
-        "query_latency_ms_p99": round(float(np.percentile(lat, 99)), 1),
-        "queries": len(lat),
+        "query_tower": "onnxruntime" if onnx_tower is not None else "pytorch",
+        "query_latency_ms_median": round(float(np.median(served)), 1),
+        "query_latency_ms_p99": round(float(np.percentile(served, 99)), 1),
+        "pytorch_tower_latency_ms_median": round(float(np.median(base)), 1),
+        "pytorch_tower_latency_ms_p99": round(float(np.percentile(base, 99)), 1),
+        "speedup_median_vs_pytorch_tower": round(float(np.median(base) / np.median(served)), 2),
+        "queries": len(queries),
         "mean_candidates_reranked": round(float(np.mean(cands)), 1),
         "torch_threads": torch.get_num_threads(),
         "device": str(next(model.encoder.parameters()).device),
