@@ -173,7 +173,14 @@ def run(
     path after the other would charge that drift to the serving overhead.
     """
     from services.launch import stop_service
-    from services.runtime import QueryCache, default_model_loader, limit_threads, pseudonymous_user, search_results
+    from services.runtime import (
+        QueryCache,
+        default_model_loader,
+        limit_threads,
+        pseudonymous_user,
+        search_results,
+        settle_heap,
+    )
 
     work = workload(paths, n, seed)
     salt = pseudonym_salt()
@@ -194,6 +201,7 @@ def run(
 
     models = {d: default_model_loader(d, b) for d, b in bundles.items()}
     limit_threads(int(os.environ.get("HATCHERY_SERVING_THREADS", "1")))  # the service's setting, after loading
+    settle_heap()  # as the service does after loading: no full-GC stalls on either side
     results: dict[str, Any] = {
         "requests_per_setting": n,
         "blocks": blocks,

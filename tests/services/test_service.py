@@ -173,6 +173,25 @@ def _feedback_statuses(world) -> list[int]:
     return [json.loads(x)["status"] for x in path.read_text().splitlines()] if path.exists() else []
 
 
+def test_settle_heap_freezes_live_objects_and_still_reclaims_dropped_cycles() -> None:
+    import gc
+    import weakref
+
+    from services.runtime import settle_heap
+
+    class Node:
+        pass
+
+    a, b = Node(), Node()
+    a.other, b.other = b, a  # a reference cycle: only the cyclic GC can free it
+    gone = weakref.ref(a)
+    settle_heap()
+    assert gc.get_freeze_count() > 0 and gone() is not None
+    del a, b
+    settle_heap()  # a model swap: what the old model held in cycles is reclaimed
+    assert gone() is None
+
+
 # --- the endpoint ----------------------------------------------------------------------------------------
 def test_a_loaded_search_model_is_warmed_up_before_it_serves(world) -> None:
     """The ONNX session and first-call costs are paid at load, not by the first user's request."""
