@@ -129,6 +129,9 @@ async def _reject(send, status: int, reason: str) -> None:
     http={"host": "127.0.0.1", "port": 3000},
     traffic={"timeout": 30},
     workers=1,
+    # Requests in parallel, one core each (HATCHERY_SERVING_THREADS caps each request's intra-op threads).
+    # BentoML's default of 1 ran every request on one thread: 8 concurrent searches got the throughput of 1.
+    threads=max(2, os.cpu_count() or 1),
 )
 class Hatchery:
     """Search and recommendation champions (and a challenger during a rollout), one process."""
