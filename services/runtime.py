@@ -268,12 +268,16 @@ class DomainRuntime:
             return
         self._state_mtime = mtime
         self._loading = True
+        if self.champion is None and state.champion is not None:  # what a 503 says meanwhile
+            self.error = f"{self.domain} model v{state.champion.version} is loading; retry in a few seconds"
 
         def work() -> None:
             try:
                 self._apply(state)
-            except Exception:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001
                 log.exception("could not apply rollout state %s; keeping the current models", state.phase)
+                if self.champion is None:
+                    self.error = f"{self.domain} model failed to load: {exc}"
             finally:
                 self._loading = False
 

@@ -253,6 +253,45 @@ def test_a_domain_without_a_model_answers_503_with_the_reason_and_health_is_up(w
     assert "/search" in http.get("/docs.json").json()["paths"]
 
 
+def test_a_champion_still_loading_answers_503_saying_so_then_serves(tmp_path, monkeypatch) -> None:
+    """Started before any champion existed; a rollout then names one: the wait is explained, then it serves."""
+    import threading
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'empty.db'}")  # no registry champion
+    monkeypatch.delenv("HATCHERY_SEARCH_BUNDLE", raising=False)
+
+    from pipelines import rollout
+    from services.runtime import DomainRuntime, ModelUnavailable
+
+    release = threading.Event()
+
+    def slow_loader(domain, bundle):
+        release.wait(30)
+        return "model"
+
+    paths = Paths(root=tmp_path)
+    rt = DomainRuntime("search", tmp_path, loader=slow_loader)
+    rt.start()
+    with pytest.raises(ModelUnavailable, match="no search model"):
+        rt.call("search", "u", lambda m: [], lambda r: [])
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text("{}")
+    ref = ro.ModelRef(version="7", uri=str(bundle))
+    state = ro.RolloutState(domain="search", phase="full", champion=ref)
+    rollout.save(paths, state, ro.AuditEntry(actor="test", action="promote", from_phase="idle", to_phase="full",
+                                             from_version=None, to_version="7", reason="test", when=time.time()))
+    time.sleep(0.3)  # past the poll interval
+    with pytest.raises(ModelUnavailable, match="v7 is loading"):
+        rt.call("search", "u", lambda m: [], lambda r: [])
+    release.set()
+    deadline = time.monotonic() + 10
+    while rt.champion is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert rt.call("search", "u", lambda m: [m.model], lambda r: [])["results"] == ["model"]
+
+
 def test_service_scores_equal_offline_scores_for_test_queries(world) -> None:
     """No train/serve skew: the API's ranking and scores are SearchModel's batch path's, bit for bit."""
     from pipelines.search_bundle import load_search_bundle
