@@ -49,8 +49,9 @@ def export_query_tower(model, tokenizer, path: Path | str, probe_texts: Sequence
     # Exported from a copy: tracing leaves the traced module's attention path altered (its own padded
     # batches then drift by ~0.07), and the caller's model must stay on its device, untouched.
     traced = copy.deepcopy(model).to("cpu").eval()
-    # Traced on a padded pair: with an all-ones mask the model may skip masking while tracing, and
-    # the graph would then ignore padding (batched vectors off by ~0.05).
+    # Traced on a padded pair, so the recorded graph is the one that applies the attention mask (an
+    # all-ones example can let the model skip masking while tracing); tests compare padded batches
+    # with single queries.
     sample = tokenizer(["a query", "a longer query with more words"], padding=True, return_tensors="pt")
     tmp = path.with_name(path.name + ".tmp")
     with warnings.catch_warnings(), torch.no_grad():
