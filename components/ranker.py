@@ -3,24 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class RankerConfig:
-    """LambdaRank hyper-parameters (mirrored from params.yaml by each domain)."""
-
-    num_leaves: int = 31
-    learning_rate: float = 0.05
-    n_estimators: int = 500
-    min_data_in_leaf: int = 50
-    feature_fraction: float = 0.9
-    early_stopping_rounds: int = 50
-    eval_at: int = 10
-    # Integer relevance grades LightGBM maps to gains 2^g - 1 unless label_gain is given.
-    label_gain: tuple[float, ...] | None = None
+from components.config_base import LambdaRankParams
 
 
 def group_sizes(group_keys: Sequence) -> np.ndarray:
@@ -40,22 +26,25 @@ def train_lambdarank(
     y_valid: np.ndarray,
     groups_valid: np.ndarray,
     feature_names: Sequence[str],
-    config: RankerConfig,
+    config: LambdaRankParams,
     seed: int,
+    *,
+    eval_at: int,
+    label_gain: Sequence[float] | None = None,
     callbacks: Sequence = (),
 ):
-    """Fit a LambdaRank booster with early stopping on the validation groups.
+    """Fit a LambdaRank booster with early stopping on NDCG@`eval_at` over the validation groups.
 
     Labels are non-negative integer grades; groups are per-query (or per-user) row counts in order.
-    `callbacks` run after early stopping (e.g. a training-budget stop). Returns the lightgbm.Booster
-    at its best iteration.
+    `label_gain`: gain of each grade (None: LightGBM's 2^g - 1). `callbacks` run after early stopping
+    (e.g. a training-budget stop). Returns the lightgbm.Booster at its best iteration.
     """
     import lightgbm as lgb
 
     params = {
         "objective": "lambdarank",
         "metric": "ndcg",
-        "eval_at": [config.eval_at],
+        "eval_at": [eval_at],
         "num_leaves": config.num_leaves,
         "learning_rate": config.learning_rate,
         "min_data_in_leaf": config.min_data_in_leaf,
@@ -65,8 +54,8 @@ def train_lambdarank(
         "num_threads": 0,
         "verbosity": -1,
     }
-    if config.label_gain is not None:
-        params["label_gain"] = list(config.label_gain)
+    if label_gain is not None:
+        params["label_gain"] = list(label_gain)
     train = lgb.Dataset(x_train, y_train, group=groups_train, feature_name=list(feature_names))
     valid = lgb.Dataset(x_valid, y_valid, group=groups_valid, reference=train)
     return lgb.train(

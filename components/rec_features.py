@@ -20,9 +20,10 @@ import pandas as pd
 import scipy.sparse as sp
 
 from components import schema as s
-from components.mf import MFConfig, train_bpr
+from components.config_recommend import CandidateParams, MFParams, UserEncoderParams
+from components.mf import train_bpr
 from components.rec_baselines import build_interactions, item_knn_similarity, prepare_events
-from components.user_encoder import UserEncoderConfig, encode_users, item_vectors, train_user_encoder
+from components.user_encoder import encode_users, item_vectors, train_user_encoder
 
 DAY = np.timedelta64(1, "D")
 GENERATORS = ("own", "knn", "mf", "encoder", "trending")
@@ -57,19 +58,6 @@ FEATURES = (
 )
 
 
-@dataclass(frozen=True)
-class CandidateConfig:
-    """How many candidates each generator contributes per user (own history: the most frequent)."""
-
-    own: int = 100
-    knn: int = 50
-    mf: int = 50
-    encoder: int = 50
-    trending: int = 30
-    knn_neighbours: int = 10
-    trending_days: float = 30.0
-
-
 @dataclass
 class RecState:
     """Everything the recommender knows as of `as_of`; arrays index users/items by position.
@@ -97,7 +85,7 @@ class RecState:
     user_stats: pd.DataFrame  # one row per user position: baskets, items, quantity, monetary, first_days, last_days
     mf_users: np.ndarray
     encoder_users: np.ndarray
-    config: CandidateConfig = field(default_factory=CandidateConfig)
+    config: CandidateParams = field(default_factory=CandidateParams)
     encoder_weights: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     _csr: dict[str, sp.csr_matrix] = field(default_factory=dict, repr=False)
 
@@ -142,9 +130,9 @@ def fit_rec_state(
     catalog: pd.DataFrame,
     text: np.ndarray,
     as_of: np.datetime64,
-    mf_config: MFConfig,
-    encoder_config: UserEncoderConfig,
-    candidate_config: CandidateConfig,
+    mf_config: MFParams,
+    encoder_config: UserEncoderParams,
+    candidate_config: CandidateParams,
     seed: int,
     device=None,
     should_stop: Callable[[], bool] | None = None,

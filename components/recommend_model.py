@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from components.config_recommend import RecRankerParams
 from components.rec_features import FEATURES, RecState, candidate_features, generator_scores, rows_of
 
 _TOKEN = re.compile(r"[a-z]{3,}")
@@ -222,8 +223,7 @@ def holdout_mask(user_ids: Sequence[str], share: float, seed: int) -> np.ndarray
 
 def train_rec_ranker(
     folds: Sequence[tuple[RecState, dict[str, set[str]]]],
-    config,
-    holdout_share: float,
+    config: RecRankerParams,
     seed: int,
     callbacks: Sequence = (),
 ):
@@ -232,10 +232,11 @@ def train_rec_ranker(
     folds: (state fitted on the history before a cutoff, {user: items bought in the window after it}).
     Stacking folds gives the ranker more users and more moments in time; features are relative to
     each state's cutoff, so they share one scale. Users whose candidates hold no target item carry no
-    ranking signal and are dropped. A stable `holdout_share` of users is kept aside for early stopping.
-    Returns (booster, info dict).
+    ranking signal and are dropped. A stable `config.holdout_share` of users is kept aside for early
+    stopping on NDCG@K (K = 20, the protocol's cutoff). Returns (booster, info dict).
     """
     from components.ranker import group_sizes, train_lambdarank
+    from components.rec_eval import K
     from components.rec_features import candidate_labels
 
     xs, ys, groups, holds = [], [], [], []
@@ -250,7 +251,7 @@ def train_rec_ranker(
         xs.append(x[has_pos])
         ys.append(y[has_pos])
         groups.append(cand_rows[has_pos].astype(np.int64) + f * 10**9)  # fold-unique group keys
-        holds.append(holdout_mask(state.users[cand_rows[has_pos]], holdout_share, seed))
+        holds.append(holdout_mask(state.users[cand_rows[has_pos]], config.holdout_share, seed))
         n_target += sum(len(targets[u]) for u in users)
         n_hit += int(y.sum())
         n_users += len(users)
@@ -263,7 +264,17 @@ def train_rec_ranker(
         hold = g == pos_groups[-1]
     tr, va = ~hold, hold
     booster = train_lambdarank(
-        x[tr], y[tr], group_sizes(g[tr]), x[va], y[va], group_sizes(g[va]), FEATURES, config, seed, callbacks
+        x[tr],
+        y[tr],
+        group_sizes(g[tr]),
+        x[va],
+        y[va],
+        group_sizes(g[va]),
+        FEATURES,
+        config,
+        seed,
+        eval_at=K,
+        callbacks=callbacks,
     )
     info = {
         "ranker_folds": len(folds),

@@ -29,7 +29,7 @@ MAX_QUERY_CHARS = 256
 
 @dataclass
 class SearchModel:
-    """Loaded parts of the search bundle. Build it with pipelines.search_bundle.load_search_bundle.
+    """Loaded parts of the search bundle. Build it with artifacts.bundles.load_bundle("search", folder).
 
     product_ids, titles: the catalog order every array below follows (n products).
     embeddings: (n, dim) float32 unit rows, the product tower's output (the index holds the same rows).
@@ -51,7 +51,7 @@ class SearchModel:
     booster: object | None = None
     price: np.ndarray | None = None
     query_max_length: int = 24
-    candidates_per_source: int = 100
+    candidates_per_source: int = field(kw_only=True)  # no default: params say (search.candidates_per_source)
     rrf_k: int = 60
     feature_names: tuple[str, ...] = FEATURE_NAMES
     query_runtime: object | None = None

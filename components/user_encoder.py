@@ -9,29 +9,15 @@ with a full softmax over the items seen in training (3.6k items: cheaper than sa
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
+from components.config_recommend import UserEncoderParams
 from components.encoder import autocast
 
 PAD = 0  # sequence position holding no item; item k is stored as k + 1
-
-
-@dataclass(frozen=True)
-class UserEncoderConfig:
-    """dim: user/item vector size; max_len: most recent purchases kept per user (and window length)."""
-
-    dim: int = 64
-    max_len: int = 50
-    epochs: int = 4
-    lr: float = 3e-3
-    batch_size: int = 128
-    dropout: float = 0.1
-    # Training windows per user: the most recent (max_windows * max_len) purchases, chopped.
-    max_windows: int = 4
 
 
 class UserEncoder(nn.Module):
@@ -76,7 +62,7 @@ def pad_sequences(sequences: Sequence[Sequence[int]], max_len: int) -> np.ndarra
     return out
 
 
-def _windows(sequences: Sequence[Sequence[int]], config: UserEncoderConfig) -> np.ndarray:
+def _windows(sequences: Sequence[Sequence[int]], config: UserEncoderParams) -> np.ndarray:
     """Chop each user's recent history into windows of max_len + 1 (inputs + shifted targets)."""
     span = config.max_len + 1
     rows = []
@@ -91,7 +77,7 @@ def train_user_encoder(
     sequences: Sequence[Sequence[int]],
     text: np.ndarray,
     seen: np.ndarray,
-    config: UserEncoderConfig,
+    config: UserEncoderParams,
     seed: int,
     device: torch.device | None = None,
     should_stop: Callable[[], bool] | None = None,

@@ -12,10 +12,10 @@ import json
 import numpy as np
 import pandas as pd
 
+from artifacts.paths import Paths
 from components import schema as s
 from components.adapters import adapt_online_retail
 from components.splits import split_events, temporal_folds
-from pipelines.common import Paths
 
 VALID_CUTOFF = pd.Timestamp("2011-10-09")
 TEST_CUTOFF = pd.Timestamp("2011-11-09")

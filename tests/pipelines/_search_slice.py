@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import pandas as pd
 
+from artifacts.paths import Paths
 from components import schema as s
 from components.adapters import adapt_homedepot
 from components.splits import split_judgments, split_queries
-from pipelines.common import Paths
 
 
 def write_search_slice(raw: pd.DataFrame, paths: Paths, n_products: int = 300, n_queries: int = 60) -> dict:

@@ -11,8 +11,8 @@ import torch
 
 from components import schema as s
 from components.bm25 import fit_bm25
+from components.config_search import TrainingProfile
 from components.encoder_training import (
-    FinetuneConfig,
     apply_adapter,
     build_training_queries,
     finetune_encoder,
@@ -21,6 +21,7 @@ from components.encoder_training import (
 )
 
 TITLES = ["cordless drill 18v", "drill bit set", "garden hose 50 ft", "hose reel", "led bulb 60w", "drill press"]
+LENGTHS = {"query_max_length": 8, "title_max_length": 8}  # tokens
 
 
 def test_loss_is_lowest_when_each_query_points_at_its_positive() -> None:
@@ -47,8 +48,14 @@ def test_ranker_fold_is_stable_and_about_the_fraction() -> None:
 
 
 def test_hard_negatives_never_include_judged_products() -> None:
-    judgments = pd.DataFrame({s.QUERY_ID: ["q1", "q1", "q2"], s.QUERY: ["drill", "drill", "hose"],
-                              s.PRODUCT_ID: ["0", "1", "2"], s.RELEVANCE: [3.0, 1.0, 1.0]})
+    judgments = pd.DataFrame(
+        {
+            s.QUERY_ID: ["q1", "q1", "q2"],
+            s.QUERY: ["drill", "drill", "hose"],
+            s.PRODUCT_ID: ["0", "1", "2"],
+            s.RELEVANCE: [3.0, 1.0, 1.0],
+        }
+    )
     index = {str(i): i for i in range(len(TITLES))}
     tq = build_training_queries(judgments, index, fit_bm25(TITLES), hard_negatives=5, pool=10, seed=0)
     assert len(tq) == 1  # q2 has no positive gain
@@ -64,8 +71,14 @@ def test_adapter_output_is_unit_length() -> None:
 
 def _tiny_training_queries():
     torch.set_num_threads(1)
-    judgments = pd.DataFrame({s.QUERY_ID: ["a", "b", "c", "d"], s.QUERY: ["power drill", "water hose", "bulb", "bits"],
-                              s.PRODUCT_ID: ["0", "2", "4", "1"], s.RELEVANCE: [3.0, 3.0, 2.0, 2.5]})
+    judgments = pd.DataFrame(
+        {
+            s.QUERY_ID: ["a", "b", "c", "d"],
+            s.QUERY: ["power drill", "water hose", "bulb", "bits"],
+            s.PRODUCT_ID: ["0", "2", "4", "1"],
+            s.RELEVANCE: [3.0, 3.0, 2.0, 2.5],
+        }
+    )
     index = {str(i): i for i in range(len(TITLES))}
     return build_training_queries(judgments, index, fit_bm25(TITLES), 2, 5, seed=0)
 
@@ -75,29 +88,51 @@ def test_resumed_run_matches_uninterrupted_run() -> None:
     from components.encoder import encode_texts, load_encoder
 
     queries = _tiny_training_queries()
-    cfg = FinetuneConfig(epochs=2, batch_size=2, learning_rate=1e-4, warmup_fraction=0.0, temperature=0.05,
-                         random_negatives=2, train_product_tower=False, query_max_length=8, title_max_length=8,
-                         checkpoint_every=2)
+    cfg = TrainingProfile(
+        epochs=2,
+        batch_size=2,
+        learning_rate=1e-4,
+        warmup_fraction=0.0,
+        temperature=0.05,
+        random_negatives=2,
+        train_product_tower=False,
+        checkpoint_every=2,
+    )
     model, tok = load_encoder(device=torch.device("cpu"))
     frozen = encode_texts(model, tok, TITLES, max_length=8)
     init = {k: v.clone() for k, v in model.state_dict().items()}
     device = torch.device("cpu")
 
-    _, w_full, hist_full = finetune_encoder(model, tok, queries, TITLES, frozen, cfg, device, 0, progress=False)
+    _, w_full, hist_full = finetune_encoder(
+        model, tok, queries, TITLES, frozen, cfg, device, 0, **LENGTHS, progress=False
+    )
     full_state = {k: v.clone() for k, v in model.state_dict().items()}
 
     saved = []
     model.load_state_dict(init)
-    partial = FinetuneConfig(**{**cfg.__dict__, "max_steps": 2})
-    finetune_encoder(model, tok, queries, TITLES, frozen, partial, device, 0, progress=False,
-                     save_checkpoint=saved.append)
+    partial = cfg.model_copy(update={"max_steps": 2})
+    finetune_encoder(
+        model, tok, queries, TITLES, frozen, partial, device, 0, **LENGTHS, progress=False, save_checkpoint=saved.append
+    )
     assert saved == []  # nothing saved at the very last step of a run
     model.load_state_dict(init)
-    finetune_encoder(model, tok, queries, TITLES, frozen, cfg, device, 0, progress=False,
-                     save_checkpoint=lambda st: saved.append(copy.deepcopy(st)) if not saved else None)
+    finetune_encoder(
+        model,
+        tok,
+        queries,
+        TITLES,
+        frozen,
+        cfg,
+        device,
+        0,
+        **LENGTHS,
+        progress=False,
+        save_checkpoint=lambda st: saved.append(copy.deepcopy(st)) if not saved else None,
+    )
     model.load_state_dict(init)
-    _, w_res, hist_res = finetune_encoder(model, tok, queries, TITLES, frozen, cfg, device, 0, resume=saved[0],
-                                          progress=False)
+    _, w_res, hist_res = finetune_encoder(
+        model, tok, queries, TITLES, frozen, cfg, device, 0, **LENGTHS, resume=saved[0], progress=False
+    )
     assert [h["step"] for h in hist_res] == [3, 4]
     np.testing.assert_allclose([h["loss"] for h in hist_res], [h["loss"] for h in hist_full[2:]], rtol=1e-4)
     for k, v in model.state_dict().items():
@@ -110,8 +145,15 @@ def test_training_budget_ends_fine_tuning_at_the_step_that_reaches_it() -> None:
     from components.encoder import encode_texts, load_encoder
 
     queries = _tiny_training_queries()
-    cfg = FinetuneConfig(epochs=3, batch_size=2, learning_rate=1e-4, warmup_fraction=0.0, temperature=0.05,
-                         random_negatives=2, train_product_tower=False, query_max_length=8, title_max_length=8)
+    cfg = TrainingProfile(
+        epochs=3,
+        batch_size=2,
+        learning_rate=1e-4,
+        warmup_fraction=0.0,
+        temperature=0.05,
+        random_negatives=2,
+        train_product_tower=False,
+    )
     model, tok = load_encoder(device=torch.device("cpu"))
     frozen = encode_texts(model, tok, TITLES, max_length=8)
     polls = []
@@ -120,6 +162,17 @@ def test_training_budget_ends_fine_tuning_at_the_step_that_reaches_it() -> None:
         polls.append(1)
         return len(polls) >= 2
 
-    _, _, history = finetune_encoder(model, tok, queries, TITLES, frozen, cfg, torch.device("cpu"), 0,
-                                     progress=False, should_stop=budget_after_two_steps)
+    _, _, history = finetune_encoder(
+        model,
+        tok,
+        queries,
+        TITLES,
+        frozen,
+        cfg,
+        torch.device("cpu"),
+        0,
+        **LENGTHS,
+        progress=False,
+        should_stop=budget_after_two_steps,
+    )
     assert [h["step"] for h in history] == [1, 2]

@@ -3,22 +3,20 @@ import pandas as pd
 import pytest
 
 from components import schema as s
-from components.mf import MFConfig
+from components.config_recommend import CandidateParams, MFParams, UserEncoderParams
 from components.rec_features import (
     FEATURES,
-    CandidateConfig,
     candidate_features,
     candidate_labels,
     fit_rec_state,
     rows_of,
 )
-from components.user_encoder import UserEncoderConfig
 from tests.unit._rec_fixtures import shop_catalog, shop_events, shop_text
 
 AS_OF = np.datetime64("2011-04-01")
 
 
-SMALL = CandidateConfig(own=5, knn=3, mf=3, encoder=3, trending=2, knn_neighbours=3)
+SMALL = CandidateParams(own=5, knn=3, mf=3, encoder=3, trending=2, knn_neighbours=3)
 
 
 def fit(events=None, candidates=SMALL):
@@ -28,8 +26,8 @@ def fit(events=None, candidates=SMALL):
         cat,
         shop_text(len(cat)),
         AS_OF,
-        MFConfig(dim=4, epochs=2, batch_size=8),
-        UserEncoderConfig(dim=4, max_len=4, epochs=1, batch_size=4),
+        MFParams(dim=4, epochs=2, lr=0.01, batch_size=8),
+        UserEncoderParams(dim=4, max_len=4, epochs=1, batch_size=4, max_windows=4),
         candidates,
         seed=0,
     )

@@ -1,7 +1,8 @@
 import numpy as np
 import scipy.sparse as sp
 
-from components.mf import MFConfig, mf_scores, train_bpr
+from components.config_recommend import MFParams
+from components.mf import mf_scores, train_bpr
 
 
 def _blocks() -> sp.csr_matrix:
@@ -15,19 +16,19 @@ def _blocks() -> sp.csr_matrix:
 
 
 def test_shapes_and_bias_folded_in():
-    users, items = train_bpr(_blocks(), MFConfig(dim=4, epochs=1, batch_size=8), seed=0)
+    users, items = train_bpr(_blocks(), MFParams(dim=4, epochs=1, lr=0.01, batch_size=8), seed=0)
     assert users.shape == (8, 5) and items.shape == (8, 5)
     assert np.allclose(users[:, -1], 1.0)
 
 
 def test_same_seed_same_factors():
-    a = train_bpr(_blocks(), MFConfig(dim=4, epochs=2, batch_size=8), seed=1)
-    b = train_bpr(_blocks(), MFConfig(dim=4, epochs=2, batch_size=8), seed=1)
+    a = train_bpr(_blocks(), MFParams(dim=4, epochs=2, lr=0.01, batch_size=8), seed=1)
+    b = train_bpr(_blocks(), MFParams(dim=4, epochs=2, lr=0.01, batch_size=8), seed=1)
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
 
 
 def test_learns_the_taste_groups():
-    users, items = train_bpr(_blocks(), MFConfig(dim=4, epochs=150, lr=0.05, batch_size=64), seed=0)
+    users, items = train_bpr(_blocks(), MFParams(dim=4, epochs=150, lr=0.05, batch_size=64), seed=0)
     sc = mf_scores(users, items, np.arange(8))
     in_group = np.array([sc[u, (u // 4) * 4 + (u % 4)] for u in range(8)])  # the held-out diagonal
     other = np.array([sc[u, ((u // 4) ^ 1) * 4 : ((u // 4) ^ 1) * 4 + 4].mean() for u in range(8)])
@@ -41,7 +42,7 @@ def test_training_budget_stops_after_the_epoch_that_reaches_it():
         polls.append(1)
         return True
 
-    stopped = train_bpr(_blocks(), MFConfig(dim=4, epochs=5, batch_size=8), seed=1, should_stop=budget_reached)
-    one_epoch = train_bpr(_blocks(), MFConfig(dim=4, epochs=1, batch_size=8), seed=1)
+    stopped = train_bpr(_blocks(), MFParams(dim=4, epochs=5, lr=0.01, batch_size=8), seed=1, should_stop=budget_reached)
+    one_epoch = train_bpr(_blocks(), MFParams(dim=4, epochs=1, lr=0.01, batch_size=8), seed=1)
     assert len(polls) == 1
     np.testing.assert_array_equal(stopped[0], one_epoch[0])

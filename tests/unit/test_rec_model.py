@@ -1,6 +1,6 @@
 import pytest
 
-from components.ranker import RankerConfig
+from components.config_recommend import RecRankerParams
 from components.rec_features import FEATURES
 from components.recommend_model import RecommendModel, holdout_mask, train_rec_ranker, user_profiles
 from tests.unit._rec_fixtures import shop_catalog
@@ -67,8 +67,8 @@ def test_profiles(model):
 def test_ranker_trains_and_is_used():
     st = fit()
     targets = {"ann": {"a"}, "bob": {"b"}, "cat": {"e"}, "dan": {"f"}, "eve": {"a"}, "solo": {"c"}}
-    cfg = RankerConfig(n_estimators=5, min_data_in_leaf=1, early_stopping_rounds=2, eval_at=20)
-    booster, info = train_rec_ranker([(st, targets), (st, targets)], cfg, holdout_share=0.3, seed=0)
+    cfg = RecRankerParams(n_estimators=5, min_data_in_leaf=1, early_stopping_rounds=2, holdout_share=0.3)
+    booster, info = train_rec_ranker([(st, targets), (st, targets)], cfg, seed=0)
     assert info["ranker_folds"] == 2 and info["ranker_users"] == 12
     assert booster.feature_name() == list(FEATURES) and 0 < info["candidate_recall"] <= 1
     m = RecommendModel(st, booster)

@@ -1,9 +1,9 @@
 import numpy as np
 import torch
 
+from components.config_recommend import UserEncoderParams
 from components.user_encoder import (
     PAD,
-    UserEncoderConfig,
     encode_users,
     item_vectors,
     pad_sequences,
@@ -11,7 +11,7 @@ from components.user_encoder import (
 )
 from tests.unit._rec_fixtures import shop_text
 
-CFG = UserEncoderConfig(dim=6, max_len=4, epochs=2, batch_size=4, max_windows=2)
+CFG = UserEncoderParams(dim=6, max_len=4, epochs=2, batch_size=4, max_windows=2)
 
 
 def test_pad_sequences_keeps_the_tail_left_padded():
@@ -51,8 +51,8 @@ def test_training_budget_stops_after_the_epoch_that_reaches_it():
         polls.append(1)
         return True
 
-    many = UserEncoderConfig(dim=6, max_len=4, epochs=6, batch_size=4, max_windows=2)
-    one = UserEncoderConfig(dim=6, max_len=4, epochs=1, batch_size=4, max_windows=2)
+    many = UserEncoderParams(dim=6, max_len=4, epochs=6, batch_size=4, max_windows=2)
+    one = UserEncoderParams(dim=6, max_len=4, epochs=1, batch_size=4, max_windows=2)
     stopped = encode_users(train_user_encoder(seqs, text, seen, many, seed=3, should_stop=budget_reached), seqs, 4)
     single = encode_users(train_user_encoder(seqs, text, seen, one, seed=3), seqs, 4)
     assert len(polls) == 1

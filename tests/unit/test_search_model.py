@@ -24,14 +24,15 @@ def encoder():
 
 def _booster(seed: int = 0):
     """A tiny real LambdaRank booster over the real feature layout (synthetic rows: this is a unit test)."""
-    from components.ranker import RankerConfig, train_lambdarank
+    from components.config_search import RankerParams
+    from components.ranker import train_lambdarank
 
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(200, len(FEATURE_NAMES)))
     y = (x[:, FEATURE_NAMES.index("bm25")] > 0).astype(int) + (x[:, FEATURE_NAMES.index("dense")] > 0.5)
     g = np.full(20, 10)
-    cfg = RankerConfig(n_estimators=10, min_data_in_leaf=5, early_stopping_rounds=5)
-    return train_lambdarank(x, y, g, x, y, g, FEATURE_NAMES, cfg, seed)
+    cfg = RankerParams(n_estimators=10, min_data_in_leaf=5, early_stopping_rounds=5)
+    return train_lambdarank(x, y, g, x, y, g, FEATURE_NAMES, cfg, seed, eval_at=10)
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +44,17 @@ def model(encoder) -> SearchModel:
     emb = encode_texts(enc, tok, TITLES, max_length=32)
     judged = pd.DataFrame({s.QUERY_ID: ["q"], s.QUERY: ["power drill"], s.PRODUCT_ID: ["p0"], s.RELEVANCE: [3.0]})
     return SearchModel(
-        product_ids=np.array(ids), titles=TITLES, embeddings=emb, index=build_index(emb), encoder=enc, tokenizer=tok,
-        bm25=fit_bm25(TITLES), bm25_expanded=fit_bm25(TITLES), priors=product_priors(judged, ids), booster=_booster(),
+        product_ids=np.array(ids),
+        titles=TITLES,
+        embeddings=emb,
+        index=build_index(emb),
+        encoder=enc,
+        tokenizer=tok,
+        bm25=fit_bm25(TITLES),
+        bm25_expanded=fit_bm25(TITLES),
+        priors=product_priors(judged, ids),
+        booster=_booster(),
+        candidates_per_source=150,
     )
 
 
@@ -98,7 +108,7 @@ def test_explain_gives_top_feature_contributions(model) -> None:
 
 def test_rank_queries_and_search_agree(model) -> None:
     """One scoring path: the offline ranking and the service answer are the same products and scores."""
-    (idx, scores), = model.rank_queries(["drill bit"], k=3)
+    ((idx, scores),) = model.rank_queries(["drill bit"], k=3)
     results = model.search("drill bit", k=3)
     assert [r["product_id"] for r in results] == model.product_ids[idx].tolist()
     np.testing.assert_allclose([r["score"] for r in results], scores)
