@@ -9,8 +9,8 @@ them to the service, and the source turns each response into feedback (impressio
                   pseudonym), success = a recommended item the user bought in the test window.
 Production logs replace a source by implementing the same two methods (`TrafficSource`).
 
-Feedback lines go to <root>/reports/rollout/<domain>/feedback.jsonl: request id, arm, version,
-rollout id/phase/step as the response reported them, success. Client-visible failures (non-200) are
+Feedback lines go to the domain's rollout store (artifacts/rollout_store.py, feedback.jsonl): request
+id, arm, version, rollout id/phase/step as the response reported them, success. Client-visible failures (non-200) are
 feedback lines too, with status and success=false.
 
 Usage: python -m pipelines.replay search|recommend --url http://127.0.0.1:3000 --requests 500
@@ -32,9 +32,10 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
+from artifacts.paths import Paths
+from artifacts.rollout_store import RolloutStore
 from components import rollout as ro
 from components import schema as s
-from pipelines.common import Paths
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +119,8 @@ class RecommendReplay:
 
 def raw_user_ids(salt: str, data_dir: Path | None = None) -> dict[str, str]:
     """pseudonym -> raw CustomerID, by pseudonymising the shared dataset's ids with the same salt."""
+    from artifacts.paths import datasets_dir
     from components.privacy import pseudonymize
-    from pipelines.common import datasets_dir
 
     raw = pd.read_parquet(
         datasets_dir(str(data_dir) if data_dir else None) / "online_retail" / "online_retail.parquet",
@@ -129,21 +130,19 @@ def raw_user_ids(salt: str, data_dir: Path | None = None) -> dict[str, str]:
     return dict(zip(pseudonymize(ids, salt).astype(str), ids.astype(str), strict=True))
 
 
-def feedback_path(root: Path, domain: str) -> Path:
-    return Path(root) / "reports" / "rollout" / domain / "feedback.jsonl"
-
-
 def replay(
     source: TrafficSource,
     url: str,
     n: int,
-    root: Path,
+    paths: Paths,
     seed: int,
     concurrency: int = 4,
     timeout_s: float = 10.0,
     client=None,
 ) -> dict[str, Any]:
-    """Send n requests (concurrently), write one feedback line per response; returns counts and wall time.
+    """Send n requests (concurrently), one feedback line per response into the rollout store of `paths`.
+
+    Returns the counts (sent, ok, failed, success) and the wall time (wall_s).
 
     client: an httpx-compatible client to use instead of a new one (an in-process ASGI test client).
     """
@@ -154,8 +153,7 @@ def replay(
     rng = np.random.default_rng(seed)
     items = list(source.requests(n, rng))
     seeds = rng.integers(0, 2**31, size=len(items))
-    out = feedback_path(root, source.domain)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    store = RolloutStore(paths, source.domain)
     lock = threading.Lock()
     counts = {"sent": 0, "ok": 0, "failed": 0, "success": 0}
 
@@ -186,8 +184,7 @@ def replay(
             counts["sent"] += 1
             counts["ok" if status == 200 else "failed"] += 1
             counts["success"] += success
-            with out.open("a") as fh:
-                fh.write(json.dumps(line) + "\n")
+            store.append_feedback(line)
 
     start = time.perf_counter()
     own = client is None
@@ -203,7 +200,7 @@ def replay(
 def make_source(domain: str, paths: Paths, click_model: str = "cascade", sessions: int = 5000) -> TrafficSource:
     if domain == "search":
         return SearchReplay.from_paths(paths, click_model=click_model, sessions=sessions)
-    from pipelines.common import pseudonym_salt
+    from artifacts.paths import pseudonym_salt
 
     return RecommendReplay.from_paths(paths, raw_user_ids(pseudonym_salt()))
 
@@ -221,7 +218,5 @@ if __name__ == "__main__":
     args = ap.parse_args()
     paths = Paths()
     print(
-        json.dumps(
-            replay(make_source(args.domain, paths), args.url, args.requests, paths.root, args.seed, args.concurrency)
-        )
+        json.dumps(replay(make_source(args.domain, paths), args.url, args.requests, paths, args.seed, args.concurrency))
     )

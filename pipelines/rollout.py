@@ -1,17 +1,16 @@
 """rollout: take the gated challenger through the charter's plan (shadow -> canary steps -> full) on the live service.
 
-State: <root>/reports/rollout/<domain>/state.json (written atomically; the service routes by it, so a
-restarted service or a restarted rollout resumes the same phase, step and arm assignment).
-Audit:  <root>/reports/rollout/<domain>/audit.jsonl, one line per state change: who or what, when,
-        from version, to version, why.
-Logs:   requests.jsonl (the service: per scored request, arm, version, latency, error, top items) and
-        feedback.jsonl (the replay simulator or production: per response, the online success signal).
+The rollout store (artifacts/rollout_store.py, <root>/reports/rollout/<domain>/) holds the state the
+service routes by (so a restarted service or a restarted rollout resumes the same phase, step and arm
+assignment), the audit trail (one line per state change: who or what, when, from version, to version,
+why), the service's request log, the replay's feedback log and this step's evaluations.
 
 Each phase replays traffic in batches (pipelines/replay.py) and evaluates the charter's criteria on
-that phase's logs after each batch (components/rollout.evaluate_guardrails): advance, hold, or roll
+that phase's logs after each batch (components/rollout/guardrails.py): advance, hold, or roll
 back. A rollback sends all traffic to the champion, tags the challenger version `rollout_status =
 rejected` with the reason and drops its `challenger` alias. Full moves the `champion` alias to the
-challenger in one registry call; `rollback` afterwards moves it back to the previous champion.
+challenger in one registry call (artifacts/registry.py); `rollback` afterwards moves it back to the
+previous champion. The result goes to <root>/reports/rollout/<domain>.json.
 
 Usage:
   python -m pipelines.rollout run semantic_search --url http://127.0.0.1:3000
@@ -27,119 +26,32 @@ import logging
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
+from artifacts.files import write_json
+from artifacts.paths import Paths
+from artifacts.registry import CHALLENGER, CHAMPION, Registry
+from artifacts.rollout_store import RolloutStore
 from components import rollout as ro
 from components.charter import Charter
 from components.config_rollout import RolloutParams
-from pipelines.common import Paths, write_json
 
 log = logging.getLogger(__name__)
 
 STEP = "rollout"
-CHAMPION, CHALLENGER = "champion", "challenger"
-STATUS_TAG, REASON_TAG = "rollout_status", "rollout_reason"
-
-
-def rollout_dir(paths: Paths, domain: str) -> Path:
-    return paths.reports / "rollout" / domain
-
-
-def load_state(paths: Paths, domain: str) -> ro.RolloutState:
-    path = rollout_dir(paths, domain) / "state.json"
-    return ro.RolloutState.from_dict(json.loads(path.read_text())) if path.exists() else ro.RolloutState(domain=domain)
-
-
-def save(paths: Paths, state: ro.RolloutState, entry: ro.AuditEntry) -> ro.RolloutState:
-    """Append the audit entry (fsynced), then replace the state file in one rename."""
-    folder = rollout_dir(paths, state.domain)
-    folder.mkdir(parents=True, exist_ok=True)
-    with (folder / "audit.jsonl").open("a") as fh:
-        fh.write(json.dumps(entry.to_dict(), default=str) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    write_json(folder / "state.json", state.to_dict())
-    log.info("%s: %s -> %s (%s)", state.domain, entry.from_phase, entry.to_phase, entry.reason)
-    return state
-
-
-def read_audit(paths: Paths, domain: str) -> list[dict[str, Any]]:
-    path = rollout_dir(paths, domain) / "audit.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-
-# --- registry --------------------------------------------------------------------------------------
-class Registry:
-    """The MLflow registry moves of a rollout; refs that are local folders (no registry) are left alone."""
-
-    def __init__(self, paths: Paths, name: str) -> None:
-        self.paths, self.name = paths, name
-
-    def _client(self):
-        from pipelines.gate import _client
-
-        return _client(self.paths)
-
-    def ref(self, alias: str) -> ro.ModelRef | None:
-        from pipelines.gate import alias_version
-
-        v = alias_version(self._client(), self.name, alias)
-        return ro.ModelRef(version=str(v.version), uri=f"models:/{self.name}/{v.version}") if v else None
-
-    def _registered(self, ref: ro.ModelRef | None) -> bool:
-        return ref is not None and ref.uri.startswith(f"models:/{self.name}/")
-
-    def promote(self, new: ro.ModelRef, old: ro.ModelRef | None, reason: str) -> None:
-        if not self._registered(new):
-            return
-        client = self._client()
-        client.set_registered_model_alias(self.name, CHAMPION, new.version)  # one call: atomic for readers
-        client.set_model_version_tag(self.name, new.version, STATUS_TAG, "champion")
-        client.set_model_version_tag(self.name, new.version, REASON_TAG, reason[:500])
-        if self._registered(old):
-            client.set_model_version_tag(self.name, old.version, STATUS_TAG, "previous_champion")
-        self._drop_challenger(client, new.version)
-
-    def reject(self, challenger: ro.ModelRef, reason: str) -> None:
-        if not self._registered(challenger):
-            return
-        client = self._client()
-        client.set_model_version_tag(self.name, challenger.version, STATUS_TAG, "rejected")
-        client.set_model_version_tag(self.name, challenger.version, REASON_TAG, reason[:500])
-        self._drop_challenger(client, challenger.version)
-
-    def _drop_challenger(self, client, version: str) -> None:
-        from pipelines.gate import alias_version
-
-        current = alias_version(client, self.name, CHALLENGER)
-        if current is not None and str(current.version) == str(version):
-            client.delete_registered_model_alias(self.name, CHALLENGER)
 
 
 # --- statistics from the logs ------------------------------------------------------------------------
-def _lines(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:  # a line being written right now
-            continue
-    return out
-
-
 def phase_stats(paths: Paths, state: ro.RolloutState) -> tuple[ro.ArmStats, ro.ArmStats, dict[str, Any]]:
     """(champion, challenger) ArmStats and shadow agreement of the current phase/step, from the logs."""
-    folder = rollout_dir(paths, state.domain)
+    store = RolloutStore(paths, state.domain)
     phase = state.routing_phase
     mine = [
         r
-        for r in _lines(folder / "requests.jsonl")
+        for r in store.requests()
         if r.get("rollout_id") == state.rollout_id and r.get("phase") == phase and r.get("step") == state.step
     ]
-    feedback = {f["request_id"]: f for f in _lines(folder / "feedback.jsonl") if f.get("request_id")}
+    feedback = {f["request_id"]: f for f in store.feedback() if f.get("request_id")}
     role = "shadow" if phase == "shadow" else "answer"
 
     def arm(name: str, role_: str) -> ro.ArmStats:
@@ -177,8 +89,8 @@ def criteria_for(charter: Charter, state: ro.RolloutState):
 def do_rollback(paths: Paths, charter: Charter, state: ro.RolloutState, reason: str, actor: str) -> ro.RolloutState:
     rejected = state.challenger
     new, entry = ro.roll_back(state, time.time(), actor, reason)
-    save(paths, new, entry)  # traffic back on the champion first; the registry tag follows
-    reg = Registry(paths, charter.registered_model)
+    RolloutStore(paths, state.domain).save(new, entry)  # traffic back on the champion first; the registry follows
+    reg = Registry(charter.registered_model, paths)
     if state.phase == "full":
         reg.promote(new.champion, state.champion, f"rolled back by {actor}: {reason}")
     elif rejected is not None:
@@ -188,8 +100,8 @@ def do_rollback(paths: Paths, charter: Charter, state: ro.RolloutState, reason: 
 
 def do_promote(paths: Paths, charter: Charter, state: ro.RolloutState, reason: str, actor: str) -> ro.RolloutState:
     new, entry = ro.complete(state, time.time(), actor, reason)
-    Registry(paths, charter.registered_model).promote(new.champion, state.champion, reason)
-    return save(paths, new, entry)
+    Registry(charter.registered_model, paths).promote(new.champion, state.champion, reason)
+    return RolloutStore(paths, state.domain).save(new, entry)
 
 
 def advance(paths: Paths, charter: Charter, state: ro.RolloutState, reason: str, actor: str) -> ro.RolloutState:
@@ -198,13 +110,13 @@ def advance(paths: Paths, charter: Charter, state: ro.RolloutState, reason: str,
     if nxt >= len(steps):
         return do_promote(paths, charter, state, reason, actor)
     new, entry = ro.enter_canary_step(state, nxt, steps[nxt].traffic_share, time.time(), actor, reason)
-    return save(paths, new, entry)
+    return RolloutStore(paths, state.domain).save(new, entry)
 
 
 def begin(paths: Paths, charter: Charter, actor: str) -> ro.RolloutState:
     """Start (or resume) the rollout of the registry's challenger; the first model becomes champion directly."""
-    reg = Registry(paths, charter.registered_model)
-    state = load_state(paths, charter.domain)
+    reg, store = Registry(charter.registered_model, paths), RolloutStore(paths, charter.domain)
+    state = store.load()
     if state.phase in (*ro.ACTIVE, "paused"):
         log.info("resuming the %s rollout of v%s", state.routing_phase, state.challenger.version)
         return state
@@ -218,10 +130,10 @@ def begin(paths: Paths, charter: Charter, actor: str) -> ro.RolloutState:
             state, challenger, time.time(), actor, "first champion: no model served before, nothing to compare against"
         )
         reg.promote(challenger, None, entry.reason)
-        return save(paths, new, entry)
+        return store.save(new, entry)
     if state.champion is None:
         state, entry = ro.set_champion(state, champion, time.time(), actor, "champion from the registry alias")
-        save(paths, state, entry)
+        store.save(state, entry)
     new, entry = ro.start_shadow(
         state,
         challenger,
@@ -230,7 +142,7 @@ def begin(paths: Paths, charter: Charter, actor: str) -> ro.RolloutState:
         actor,
         f"gated challenger v{challenger.version} against champion v{champion.version}",
     )
-    return save(paths, new, entry)
+    return store.save(new, entry)
 
 
 def wait_for_service(status, state: ro.RolloutState, timeout_s: float = 120.0) -> None:
@@ -259,7 +171,8 @@ def drive(
     """Replay batches and evaluate after each until the rollout is full, rolled back or paused."""
     from pipelines.replay import make_source, replay
 
-    state = load_state(paths, charter.domain)
+    store = RolloutStore(paths, charter.domain)
+    state = store.load()
     source = source or make_source(charter.domain, paths, rp.click_model, rp.sessions)
     own = client is None
     if own:
@@ -278,7 +191,7 @@ def drive(
                 source,
                 str(client.base_url),
                 rp.batch_requests,
-                paths.root,
+                paths,
                 batch_seed,
                 rp.concurrency,
                 rp.timeout_s,
@@ -305,7 +218,7 @@ def drive(
                 "agreement": agreement,
                 **decision.numbers,
             }
-            _append_report(paths, charter.domain, report)
+            store.append_evaluation(report)
             log.info(
                 "%s step %d batch %d: %s (%s)",
                 state.phase,
@@ -326,17 +239,11 @@ def drive(
                     actor,
                     f"not enough traffic after {batches} batches: " + "; ".join(decision.reasons),
                 )
-                state = save(paths, new, entry)
+                state = store.save(new, entry)
     finally:
         if own:
             client.close()
     return state
-
-
-def _append_report(paths: Paths, domain: str, report: dict[str, Any]) -> None:
-    path = rollout_dir(paths, domain) / "evaluations.jsonl"
-    with path.open("a") as fh:
-        fh.write(json.dumps(report, default=str) + "\n")
 
 
 def run(
@@ -359,7 +266,7 @@ def run(
         "previous_champion": state.previous_champion.version if state.previous_champion else None,
         "reason": state.reason,
     }
-    write_json(paths.reports / "rollout" / f"{charter.domain}.json", result)
+    write_json(paths.rollout_summary(charter.domain), result)
     return result
 
 
@@ -376,13 +283,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--actor", default=os.environ.get("USER", "operator"))
     args = ap.parse_args(argv)
     charter, paths = load_charter(args.charter), Paths()
-    state = load_state(paths, charter.domain)
+    store = RolloutStore(paths, charter.domain)
+    state = store.load()
     if args.command == "status":
-        print(
-            json.dumps(
-                {"state": state.to_dict(), "audit": read_audit(paths, charter.domain)[-10:]}, indent=2, default=str
-            )
-        )
+        print(json.dumps({"state": state.to_dict(), "audit": store.audit()[-10:]}, indent=2, default=str))
         return 0
     if args.command == "run":
         print(json.dumps(run(charter, paths, args.url, actor="pipelines.rollout")))
@@ -393,9 +297,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "rollback":
             new = do_rollback(paths, charter, state, f"rolled back by hand: {args.reason}", args.actor)
         elif args.command == "pause":
-            new = save(paths, *ro.pause(state, time.time(), args.actor, args.reason))
+            new = store.save(*ro.pause(state, time.time(), args.actor, args.reason))
         else:
-            new = save(paths, *ro.resume(state, time.time(), args.actor, args.reason))
+            new = store.save(*ro.resume(state, time.time(), args.actor, args.reason))
     except ro.RolloutError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -39,8 +39,9 @@ def answers(url: str, path: str = "/livez", timeout_s: float = 3.0) -> bool:
         return False
 
 
-def start_service(env: dict[str, str], log_path: Path, port: int | None = None, host: str = "127.0.0.1",
-                  own_session: bool = False) -> tuple[subprocess.Popen, str]:
+def start_service(
+    env: dict[str, str], log_path: Path, port: int | None = None, host: str = "127.0.0.1", own_session: bool = False
+) -> tuple[subprocess.Popen, str]:
     """(process, base url) of a `bentoml serve` started in the background from the repository root.
 
     own_session: start it in its own process group (outlives the caller; stop it with stop_service).
@@ -50,13 +51,15 @@ def start_service(env: dict[str, str], log_path: Path, port: int | None = None, 
     log_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = [str(Path(sys.executable).parent / "bentoml"), "serve", SERVICE, "--host", host, "--port", str(port)]
     with log_path.open("ab") as log_file:  # the child keeps its own descriptor
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
-                                start_new_session=own_session)
+        proc = subprocess.Popen(
+            cmd, cwd=REPO_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=own_session
+        )
     return proc, f"http://{host}:{port}"
 
 
-def wait_for_service(proc: subprocess.Popen, url: str, log_path: Path, path: str = "/readyz",
-                     timeout_s: float = 300.0) -> float:
+def wait_for_service(
+    proc: subprocess.Popen, url: str, log_path: Path, path: str = "/readyz", timeout_s: float = 300.0
+) -> float:
     """Seconds until url+path answered 200; RuntimeError with the log's tail if the server exits or times out."""
     start = time.monotonic()
     while not answers(url, path, timeout_s=2.0):

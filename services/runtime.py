@@ -4,9 +4,10 @@ Kept apart from the BentoML class (services/service.py) so the in-process benchm
 exactly the code the endpoint calls.
 
 Where models come from (per domain, first that applies):
-  1. the rollout state file <root>/reports/rollout/<domain>/state.json (champion, challenger refs);
+  1. the rollout state (artifacts/rollout_store.py: <root>/reports/rollout/<domain>/state.json), its
+     champion and challenger refs;
   2. HATCHERY_<DOMAIN>_BUNDLE: a local bundle folder (tests, laptops), version "local";
-  3. the registry: `models:/hatchery-<domain>@champion`, its `bundle` artifact downloaded once into
+  3. the registry's `champion` alias (artifacts/registry.py), its bundle downloaded once into
      <root>/serving_cache/<name>/<version>/.
 A domain with none of these answers 503 with the reason; the others keep serving.
 
@@ -17,8 +18,6 @@ one assignment, so no request fails during a switch.
 
 from __future__ import annotations
 
-import gc
-import json
 import logging
 import os
 import threading
@@ -26,97 +25,20 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from artifacts.bundles import load_bundle
+from artifacts.paths import Paths
+from artifacts.registry import CHAMPION, MODEL_NAMES, Registry, local_bundle
+from artifacts.rollout_store import RolloutStore
 from components import rollout as ro
+from services.settings import QUERY_CACHE_SIZE, SHADOW_BACKLOG, STATE_POLL_S, limit_threads, settle_heap
 
 log = logging.getLogger(__name__)
-
-DOMAINS = ("search", "recommend")
-REGISTERED = {"search": "hatchery-search", "recommend": "hatchery-recommend"}
-STATE_POLL_S = 0.25
-# Shadow scoring runs off the response path on one thread; past this backlog it is skipped (and
-# counted), so a slow challenger can never slow the champion's answers.
-SHADOW_BACKLOG = 64
 
 
 class ModelUnavailable(RuntimeError):
     """No model for the domain (yet): the endpoint answers 503 with this message."""
-
-
-def rollout_dir(root: Path, domain: str) -> Path:
-    return Path(root) / "reports" / "rollout" / domain
-
-
-def state_path(root: Path, domain: str) -> Path:
-    return rollout_dir(root, domain) / "state.json"
-
-
-def request_log_path(root: Path, domain: str) -> Path:
-    return rollout_dir(root, domain) / "requests.jsonl"
-
-
-def read_state(root: Path, domain: str) -> ro.RolloutState | None:
-    path = state_path(root, domain)
-    if not path.exists():
-        return None
-    return ro.RolloutState.from_dict(json.loads(path.read_text()))
-
-
-# --- loading ---------------------------------------------------------------------------------------
-def resolve_bundle(uri: str, root: Path) -> Path:
-    """A local bundle folder for a ModelRef uri (a folder, or models:/<name>/<version> downloaded once)."""
-    if not uri.startswith("models:/"):
-        path = Path(uri)
-        if not (path / "manifest.json").exists():
-            raise ModelUnavailable(f"no bundle at {path} (manifest.json missing)")
-        return path
-    name, _, version = uri.removeprefix("models:/").partition("/")
-    cache = Path(root) / "serving_cache" / name / version
-    found = sorted(cache.rglob("manifest.json")) if cache.exists() else []
-    if not found:
-        import mlflow
-
-        from pipelines.common import Paths, tracking_uri
-
-        mlflow.set_tracking_uri(tracking_uri(Paths(root=Path(root))))
-        tmp = cache.with_name(f".{version}.{uuid.uuid4().hex[:8]}")
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp))
-        if not cache.exists():  # a concurrent download may have won; either copy is the same version
-            tmp.rename(cache)
-        found = sorted(cache.rglob("manifest.json"))
-        if not found:
-            raise ModelUnavailable(f"{uri} has no bundle (no manifest.json among its artifacts)")
-    # The pyfunc keeps the bundle as artifacts/bundle/; the shallowest manifest is the bundle's own.
-    return min(found, key=lambda p: len(p.parts)).parent
-
-
-def default_model_loader(domain: str, bundle: Path):
-    """The model helpers' public loaders: SearchModel / RecommendModel from a bundle folder."""
-    if domain == "search":
-        from pipelines.search_bundle import load_search_bundle
-
-        return load_search_bundle(bundle)
-    from pipelines.recommend_bundle import load_recommend_bundle
-
-    return load_recommend_bundle(bundle)
-
-
-def registry_champion(domain: str, root: Path) -> ro.ModelRef | None:
-    """`champion` alias of the domain's registered model, or None (no registry, model or alias)."""
-    try:
-        from mlflow import MlflowClient
-
-        from pipelines.common import Paths, tracking_uri
-
-        uri = tracking_uri(Paths(root=Path(root)))
-        v = MlflowClient(uri, registry_uri=uri).get_model_version_by_alias(REGISTERED[domain], "champion")
-    except Exception as exc:  # noqa: BLE001 - any registry failure means "no champion from the registry"
-        log.info("no registry champion for %s: %s", domain, exc)
-        return None
-    return ro.ModelRef(version=str(v.version), uri=f"models:/{REGISTERED[domain]}/{v.version}")
 
 
 # --- per-domain routing ----------------------------------------------------------------------------
@@ -127,7 +49,7 @@ class QueryCache:
     query. The cached vector is the encoder's own output, so scores are unchanged.
     """
 
-    def __init__(self, capacity: int = 20_000) -> None:
+    def __init__(self, capacity: int = QUERY_CACHE_SIZE) -> None:
         from collections import OrderedDict
 
         self.capacity, self._items, self._lock = capacity, OrderedDict(), threading.Lock()
@@ -173,12 +95,17 @@ class Loaded:
 
 
 class DomainRuntime:
-    """Champion and challenger of one domain, routed by its rollout state; logs every scored request."""
+    """Champion and challenger of one domain, routed by its rollout state; logs every scored request.
 
-    def __init__(self, domain: str, root: Path, loader=None, metrics=None, threads: int | None = None) -> None:
+    loader(domain, bundle folder) -> model: artifacts.bundles.load_bundle unless given (tests).
+    threads: intra-op threads re-applied after each load (services.settings.limit_threads).
+    """
+
+    def __init__(self, domain: str, paths: Paths, loader=None, metrics=None, threads: int | None = None) -> None:
         self.domain = domain
         self.threads = threads
-        self.root = Path(root)
+        self.paths = paths
+        self.store = RolloutStore(paths, domain)
         self.loader = loader
         self.metrics = metrics
         self.state: ro.RolloutState | None = None
@@ -196,14 +123,14 @@ class DomainRuntime:
     # loading ---------------------------------------------------------------------------------------
     def start(self) -> None:
         """Load the champion (and challenger) now, blocking: called from the service's __init__."""
-        state = read_state(self.root, self.domain)
+        state = self.store.read()
         if state is not None:
-            self._state_mtime = state_path(self.root, self.domain).stat().st_mtime_ns
+            self._state_mtime = self.store.mtime_ns()
         champion = state.champion if state and state.champion else self._initial_champion()
         if champion is None:
             self.error = (
                 f"no {self.domain} model: no rollout state, no HATCHERY_{self.domain.upper()}_BUNDLE "
-                f"and no `champion` alias on {REGISTERED[self.domain]}"
+                f"and no `{CHAMPION}` alias on {MODEL_NAMES[self.domain]}"
             )
             log.warning(self.error)
             return
@@ -217,14 +144,18 @@ class DomainRuntime:
         local = os.environ.get(f"HATCHERY_{self.domain.upper()}_BUNDLE")
         if local:
             return ro.ModelRef(version=os.environ.get(f"HATCHERY_{self.domain.upper()}_VERSION", "local"), uri=local)
-        return registry_champion(self.domain, self.root)
+        try:
+            return Registry.for_domain(self.domain, self.paths).ref(CHAMPION)
+        except Exception as exc:  # noqa: BLE001 - any registry failure means "no champion from the registry"
+            log.info("no registry champion for %s: %s", self.domain, exc)
+            return None
 
     def _load(self, ref: ro.ModelRef, reuse: list[Loaded | None]) -> Loaded:
         for have in reuse:
             if have is not None and have.ref == ref:
                 return have
         t0 = time.perf_counter()
-        model = (self.loader or default_model_loader)(self.domain, resolve_bundle(ref.uri, self.root))
+        model = (self.loader or load_bundle)(self.domain, local_bundle(ref.uri, self.paths))
         log.info("loaded %s v%s in %.1f s", self.domain, ref.version, time.perf_counter() - t0)
         if self.threads:  # again: loading may have brought in OpenMP runtimes (LightGBM, FAISS) threadpoolctl missed
             limit_threads(self.threads)
@@ -255,16 +186,14 @@ class DomainRuntime:
         if not force and now - self._last_poll < STATE_POLL_S:
             return
         self._last_poll = now
-        path = state_path(self.root, self.domain)
-        try:
-            mtime = path.stat().st_mtime_ns
-        except FileNotFoundError:
-            return
-        if mtime == self._state_mtime or self._loading:
+        mtime = self.store.mtime_ns()
+        if mtime is None or mtime == self._state_mtime or self._loading:
             return
         try:
-            state = ro.RolloutState.from_dict(json.loads(path.read_text()))
+            state = self.store.read()
         except (ValueError, OSError):  # a writer mid-rename is impossible (atomic), but be defensive
+            return
+        if state is None:  # removed since the stat
             return
         self._state_mtime = mtime
         self._loading = True
@@ -368,72 +297,26 @@ class DomainRuntime:
             self.metrics.observe(ctx["endpoint"], version, f"{arm}_shadow" if role == "shadow" else arm, ms, error)
         if state is None or state.routing_phase not in ro.ACTIVE:
             return  # the rollout log is only needed while a rollout runs; Prometheus has the rest
-        line = json.dumps(
-            {
-                "ts": time.time(),
-                "request_id": ctx["request_id"],
-                "rollout_id": state.rollout_id,
-                "phase": state.routing_phase,
-                "step": state.step,
-                "endpoint": ctx["endpoint"],
-                "unit": ctx["unit"],
-                "arm": arm,
-                "role": role,
-                "version": version,
-                "latency_ms": round(ms, 3),
-                "error": error,
-                "items": [str(i) for i in items[:10]],
-            }
-        )
-        path = request_log_path(self.root, self.domain)
-        with self._log_lock:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("a") as fh:  # O_APPEND: whole lines from several workers never interleave
-                fh.write(line + "\n")
+        record = {
+            "ts": time.time(),
+            "request_id": ctx["request_id"],
+            "rollout_id": state.rollout_id,
+            "phase": state.routing_phase,
+            "step": state.step,
+            "endpoint": ctx["endpoint"],
+            "unit": ctx["unit"],
+            "arm": arm,
+            "role": role,
+            "version": version,
+            "latency_ms": round(ms, 3),
+            "error": error,
+            "items": [str(i) for i in items[:10]],
+        }
+        with self._log_lock:  # the answering and the shadow thread append to one file
+            self.store.append_request(record)
 
     def close(self) -> None:
         self._shadow.shutdown(wait=True, cancel_futures=False)
-
-
-# --- Prometheus ------------------------------------------------------------------------------------
-class Metrics:
-    """Request counts and latency per endpoint, model version and rollout arm (prometheus_client)."""
-
-    def __init__(self) -> None:
-        # Imported here, not at module import: BentoML sets PROMETHEUS_MULTIPROC_DIR in the worker first.
-        import prometheus_client as pc
-
-        self.requests = _get_or_create(
-            pc.Counter, "hatchery_requests", "Scored requests", ["endpoint", "model_version", "arm", "outcome"]
-        )
-        self.latency = _get_or_create(
-            pc.Histogram,
-            "hatchery_request_latency_seconds",
-            "Model scoring time",
-            ["endpoint", "model_version", "arm"],
-            buckets=(0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1, 2, 5),
-        )
-        self.shadow = _get_or_create(
-            pc.Counter, "hatchery_shadow", "Shadow scorings of the challenger", ["domain", "model_version", "outcome"]
-        )
-
-    def observe(self, endpoint: str, version: str, arm: str, ms: float, error: str | None) -> None:
-        self.requests.labels(endpoint, version, arm, "error" if error else "ok").inc()
-        self.latency.labels(endpoint, version, arm).observe(ms / 1000.0)
-
-
-def _get_or_create(kind, name: str, doc: str, labels: list[str], **kw):
-    """A collector by name: a second service instance in one process (tests) reuses the first's."""
-    import prometheus_client as pc
-
-    try:
-        return kind(name, doc, labels, **kw)
-    except ValueError:  # already registered in this process
-        for key in (name, f"{name}_total"):
-            existing = pc.REGISTRY._names_to_collectors.get(key)
-            if existing is not None:
-                return existing
-        raise
 
 
 def pseudonymous_user(raw_user_id: str, salt: str) -> str:
@@ -443,30 +326,3 @@ def pseudonymous_user(raw_user_id: str, salt: str) -> str:
     from components.privacy import pseudonymize
 
     return str(pseudonymize(pd.Series([str(raw_user_id)]), salt).iloc[0])
-
-
-def settle_heap() -> None:
-    """Collect, then move every live object out of the cyclic GC's reach (gc.freeze).
-
-    A loaded search model holds ~0.5 M GC-tracked objects (catalog titles, per-product token sets);
-    a full collection walks all of them and took 100-300 ms on these cores, a stall that lands on
-    whichever request triggers it. Frozen objects are still freed by reference counting when a model
-    is dropped; unfreezing first lets the collection reclaim cycles of the models a swap replaced.
-    """
-    gc.unfreeze()
-    gc.collect()
-    gc.freeze()
-
-
-def limit_threads(threads: int) -> None:
-    """Cap the intra-op threads of torch and every OpenMP/BLAS pool (LightGBM, FAISS) loaded so far.
-
-    Measured on the 2 shared cores: the query tower took 32 ms a query with 1 thread and 334 ms with
-    2, and LightGBM 1.3 ms vs 13 ms, because OpenMP workers spin for cores other jobs hold. Requests
-    run in parallel on BentoML's thread pool instead, one core each.
-    """
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    torch.set_num_threads(threads)
-    threadpool_limits(threads)

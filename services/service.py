@@ -7,6 +7,8 @@ Endpoints: POST /search, /recommend, /similar, /rollout_status; GET /livez, /rea
 champion is loaded), /metrics (BentoML's plus hatchery_* per model version and rollout arm), /docs.json.
 Bad input is a 4xx with the reason (pydantic: missing field, wrong type, k out of range, over-long
 query; BodyGuard: malformed JSON, body over HATCHERY_MAX_BODY_BYTES), never a 500.
+Process settings (threads, limits, poll intervals) are in services/settings.py, the Prometheus
+collectors in services/metrics.py.
 
 Every answer: {"request_id", "model_version", "arm" (champion | challenger), "challenger_failed" (the
 champion answered because the challenger raised), "rollout_phase", "rollout_id", "rollout_step", "results"}.
@@ -18,16 +20,16 @@ own `SearchModel.search` / `RecommendModel.recommend` / `.similar`, the code the
 from __future__ import annotations
 
 import json
-import os
 from typing import Annotated, Any
 
 import bentoml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
+from services import settings
+
 MAX_QUERY_CHARS = 256  # SearchModel cuts at 256 too; longer input is refused rather than silently cut
 MAX_ID_CHARS = 64
 MAX_K = 100
-DEFAULT_MAX_BODY_BYTES = 16 * 1024
 API_PATHS = ("/search", "/recommend", "/similar", "/rollout_status")
 
 
@@ -67,7 +69,7 @@ class BodyGuard:
 
     def __init__(self, app, max_body_bytes: int | None = None, paths: tuple[str, ...] = API_PATHS) -> None:
         self.app = app
-        self.max_body_bytes = max_body_bytes or int(os.environ.get("HATCHERY_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES))
+        self.max_body_bytes = max_body_bytes or settings.max_body_bytes()
         self.paths = paths
 
     async def __call__(self, scope, receive, send) -> None:
@@ -130,23 +132,23 @@ async def _reject(send, status: int, reason: str) -> None:
     traffic={"timeout": 30},
     workers=1,
     # Requests in parallel, one core each (HATCHERY_SERVING_THREADS caps each request's intra-op threads).
-    # BentoML's default of 1 ran every request on one thread: 8 concurrent searches got the throughput of 1.
-    threads=max(2, os.cpu_count() or 1),
+    threads=settings.request_threads(),
 )
 class Hatchery:
     """Search and recommendation champions (and a challenger during a rollout), one process."""
 
     def __init__(self) -> None:
-        from pipelines.common import Paths, pseudonym_salt
-        from services.runtime import DOMAINS, DomainRuntime, Metrics, limit_threads
+        from artifacts.paths import DOMAINS, Paths, pseudonym_salt
+        from services.metrics import Metrics
+        from services.runtime import DomainRuntime
 
-        root = Paths().root
+        paths = Paths()
         metrics = Metrics()
-        # One intra-op thread per request (see runtime.limit_threads for the measurement behind it).
-        threads = int(os.environ.get("HATCHERY_SERVING_THREADS", "1"))
-        limit_threads(threads)
+        # One intra-op thread per request (see settings.limit_threads for the measurement behind it).
+        threads = settings.serving_threads()
+        settings.limit_threads(threads)
         self.salt = pseudonym_salt()
-        self.runtimes = {d: DomainRuntime(d, root, metrics=metrics, threads=threads) for d in DOMAINS}
+        self.runtimes = {d: DomainRuntime(d, paths, metrics=metrics, threads=threads) for d in DOMAINS}
         for rt in self.runtimes.values():
             rt.start()
 

@@ -13,19 +13,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from artifacts.paths import Paths
 from components import schema as s
-from pipelines.common import Paths, load_params
+from pipelines.common import load_params
 from tests.pipelines._search_slice import write_search_slice
 
 
 def build_search_bundles(raw: pd.DataFrame, root: Path, names: tuple[str, ...] = ("v1", "v2")) -> dict[str, Path]:
     """Write <root>/bundles/<name>/ for each name; returns name -> bundle folder. Data under <root>/data."""
+    from artifacts.search_bundle import save_search_bundle
     from components.ann import build_index
+    from components.config_base import LambdaRankParams
     from components.encoder import DEFAULT_ENCODER, encode_texts, load_encoder, resolve_encoder_path
-    from components.ranker import RankerConfig, train_lambdarank
+    from components.ranker import train_lambdarank
     from components.search_features import FEATURE_NAMES, linear_label_gain
     from pipelines.io import read_table
-    from pipelines.search_bundle import save_search_bundle
     from pipelines.train_ranker import assemble_model, labelled_rows
 
     paths = Paths(root=Path(root))
@@ -42,17 +44,17 @@ def build_search_bundles(raw: pd.DataFrame, root: Path, names: tuple[str, ...] =
     x_va, y_va, g_va, _ = labelled_rows(model, valid, 7)
     out = {}
     for i, name in enumerate(names):
-        cfg = RankerConfig(
+        cfg = LambdaRankParams(
             num_leaves=7,
             learning_rate=0.1,
             n_estimators=10 + 10 * i,
             min_data_in_leaf=5,
             feature_fraction=0.9,
             early_stopping_rounds=100,
-            eval_at=10,
-            label_gain=linear_label_gain(7),
         )
-        booster = train_lambdarank(x_tr, y_tr, g_tr, x_va, y_va, g_va, FEATURE_NAMES, cfg, seed=i)
+        booster = train_lambdarank(
+            x_tr, y_tr, g_tr, x_va, y_va, g_va, FEATURE_NAMES, cfg, seed=i, eval_at=10, label_gain=linear_label_gain(7)
+        )
         folder = paths.root / "bundles" / name
         settings = {
             "feature_names": list(FEATURE_NAMES),

@@ -20,9 +20,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from artifacts.paths import REPO_ROOT, Paths
+from artifacts.rollout_store import RolloutStore
 from components import rollout as ro
 from components.config_rollout import RolloutParams
-from pipelines.common import REPO_ROOT, Paths
 from tests.services._bundles import build_search_bundles
 
 NAME = "hatchery-search"
@@ -115,14 +116,14 @@ def _fault_injection(monkeypatch):
     """Bundles whose manifest says `test_fault` load wrapped in a faulty model."""
     import services.runtime as rt
 
-    real = rt.default_model_loader
+    real = rt.load_bundle
 
-    def loader(domain, bundle):
-        model = real(domain, bundle)
+    def loader(domain, bundle, **kw):
+        model = real(domain, bundle, **kw)
         fault = json.loads((Path(bundle) / "manifest.json").read_text()).get("test_fault")
         return {"raise": _Faulty, "slow": _Slow}[fault](model) if fault else model
 
-    monkeypatch.setattr(rt, "default_model_loader", loader)
+    monkeypatch.setattr(rt, "load_bundle", loader)
 
 
 def _charter(**exit_updates):
@@ -166,18 +167,19 @@ def _drive(world, charter, seed=0):
     )
 
 
-def _feedback_statuses(world) -> list[int]:
-    from pipelines.replay import feedback_path
+def _store(world) -> RolloutStore:
+    return RolloutStore(world["paths"], "search")
 
-    path = feedback_path(world["root"], "search")
-    return [json.loads(x)["status"] for x in path.read_text().splitlines()] if path.exists() else []
+
+def _feedback_statuses(world) -> list[int]:
+    return [f["status"] for f in _store(world).feedback()]
 
 
 def test_settle_heap_freezes_live_objects_and_still_reclaims_dropped_cycles() -> None:
     import gc
     import weakref
 
-    from services.runtime import settle_heap
+    from services.settings import settle_heap
 
     class Node:
         pass
@@ -197,7 +199,7 @@ def test_a_loaded_search_model_is_warmed_up_before_it_serves(world) -> None:
     """The ONNX session and first-call costs are paid at load, not by the first user's request."""
     from services.runtime import DomainRuntime
 
-    rt = DomainRuntime("search", world["root"], threads=1)
+    rt = DomainRuntime("search", world["paths"], threads=1)
     rt.start()
     tower = rt.champion.model.query_runtime
     assert tower is not None and tower._session is not None and tower._threads == 1
@@ -260,7 +262,6 @@ def test_a_champion_still_loading_answers_503_saying_so_then_serves(tmp_path, mo
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'empty.db'}")  # no registry champion
     monkeypatch.delenv("HATCHERY_SEARCH_BUNDLE", raising=False)
 
-    from pipelines import rollout
     from services.runtime import DomainRuntime, ModelUnavailable
 
     release = threading.Event()
@@ -270,7 +271,7 @@ def test_a_champion_still_loading_answers_503_saying_so_then_serves(tmp_path, mo
         return "model"
 
     paths = Paths(root=tmp_path)
-    rt = DomainRuntime("search", tmp_path, loader=slow_loader)
+    rt = DomainRuntime("search", paths, loader=slow_loader)
     rt.start()
     with pytest.raises(ModelUnavailable, match="no search model"):
         rt.call("search", "u", lambda m: [], lambda r: [])
@@ -279,8 +280,17 @@ def test_a_champion_still_loading_answers_503_saying_so_then_serves(tmp_path, mo
     (bundle / "manifest.json").write_text("{}")
     ref = ro.ModelRef(version="7", uri=str(bundle))
     state = ro.RolloutState(domain="search", phase="full", champion=ref)
-    rollout.save(paths, state, ro.AuditEntry(actor="test", action="promote", from_phase="idle", to_phase="full",
-                                             from_version=None, to_version="7", reason="test", when=time.time()))
+    entry = ro.AuditEntry(
+        actor="test",
+        action="promote",
+        from_phase="idle",
+        to_phase="full",
+        from_version=None,
+        to_version="7",
+        reason="test",
+        when=time.time(),
+    )
+    RolloutStore(paths, "search").save(state, entry)
     time.sleep(0.3)  # past the poll interval
     with pytest.raises(ModelUnavailable, match="v7 is loading"):
         rt.call("search", "u", lambda m: [], lambda r: [])
@@ -294,7 +304,7 @@ def test_a_champion_still_loading_answers_503_saying_so_then_serves(tmp_path, mo
 
 def test_service_scores_equal_offline_scores_for_test_queries(world) -> None:
     """No train/serve skew: the API's ranking and scores are SearchModel's batch path's, bit for bit."""
-    from pipelines.search_bundle import load_search_bundle
+    from artifacts.search_bundle import load_search_bundle
 
     model = load_search_bundle(world["bundles"]["v1"], device="cpu")
     queries = sorted(world["judgments"]["query"].unique())[:8]
@@ -328,14 +338,11 @@ def test_good_challenger_goes_shadow_canary_full_and_back_one_command_away(world
     assert final.phase == "full", final.reason
     assert final.champion.version == v2 and final.previous_champion.version == "1"
     assert str(world["registry"].get_model_version_by_alias(NAME, "champion").version) == v2
-    audit = rollout.read_audit(world["paths"], "search")
+    audit = _store(world).audit()
     actions = [a["action"] for a in audit]
     assert actions[-5:] == ["start_shadow", "canary_step", "canary_step", "canary_step", "promote"]
     assert all({"actor", "when", "from_version", "to_version", "reason"} <= set(a) for a in audit)
-    evaluations = [
-        json.loads(x)
-        for x in (rollout.rollout_dir(world["paths"], "search") / "evaluations.jsonl").read_text().splitlines()
-    ]
+    evaluations = _store(world).evaluations()
     shadow = [e for e in evaluations if e["phase"] == "shadow" and e["decision"] == "advance"][0]
     assert 0.0 <= shadow["agreement"]["overlap_at_10"] <= 1.0 and shadow["agreement"]["pairs"] > 0
     assert set(_feedback_statuses(world)) == {200}
@@ -359,8 +366,8 @@ def test_challenger_that_raises_is_rolled_back_in_canary_while_every_request_suc
     n_before = len(_feedback_statuses(world))
     state = rollout.begin(world["paths"], charter, "test")
     # Straight to the 25 % canary step, so the challenger answers real users and must fall back.
-    state = rollout.save(world["paths"], *ro.enter_canary_step(state, 0, 0.05, time.time(), "test", "skip shadow"))
-    state = rollout.save(world["paths"], *ro.enter_canary_step(state, 1, 0.25, time.time(), "test", "to 25%"))
+    state = _store(world).save(*ro.enter_canary_step(state, 0, 0.05, time.time(), "test", "skip shadow"))
+    state = _store(world).save(*ro.enter_canary_step(state, 1, 0.25, time.time(), "test", "to 25%"))
     final = rollout.drive(
         world["paths"], charter, "http://testserver", FAST, source=_source(world), client=world["http"], actor="test"
     )
@@ -369,10 +376,7 @@ def test_challenger_that_raises_is_rolled_back_in_canary_while_every_request_suc
     tags = world["registry"].get_model_version(NAME, v).tags
     assert tags["rollout_status"] == "rejected" and "error rate" in tags["rollout_reason"]
     assert str(world["registry"].get_model_version_by_alias(NAME, "champion").version) == "1"
-    fallbacks = [
-        json.loads(x)
-        for x in (rollout.rollout_dir(world["paths"], "search") / "feedback.jsonl").read_text().splitlines()[n_before:]
-    ]
+    fallbacks = _store(world).feedback()[n_before:]
     assert any(f["challenger_failed"] for f in fallbacks)  # the champion answered the challenger's users
 
 
@@ -404,7 +408,7 @@ def test_restarted_service_resumes_the_same_canary_and_arms(world) -> None:
     charter = _charter(min_primary_ratio=0.0, max_latency_p99_ms=2000.0)
     v = _register(world, world["bundles"]["v2"])
     state = rollout.begin(world["paths"], charter, "test")
-    state = rollout.save(world["paths"], *ro.enter_canary_step(state, 0, 0.5, time.time(), "test", "to 50%"))
+    state = _store(world).save(*ro.enter_canary_step(state, 0, 0.5, time.time(), "test", "to 50%"))
     sessions = [f"s{i}" for i in range(30)]
     http = world["http"]
     rollout.wait_for_service(lambda: http.post("/rollout_status", json={}).json(), state)
@@ -425,7 +429,7 @@ def test_restarted_service_resumes_the_same_canary_and_arms(world) -> None:
     assert seen["state"]["phase"] == "canary" and seen["state"]["step"] == 0
     assert seen["state"]["rollout_id"] == state.rollout_id and seen["challenger"] == v
     assert seen["arms"] == first
-    rollout.do_rollback(world["paths"], charter, rollout.load_state(world["paths"], "search"), "end of test", "test")
+    rollout.do_rollback(world["paths"], charter, _store(world).load(), "end of test", "test")
 
 
 # --- a real server ------------------------------------------------------------------------------------------

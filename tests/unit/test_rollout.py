@@ -1,4 +1,4 @@
-"""components/rollout.py: transitions, sticky arms, guardrails, agreement and click models."""
+"""components/rollout/: transitions, sticky arms, guardrails, shadow agreement and click models."""
 
 from __future__ import annotations
 
