@@ -3,17 +3,26 @@
 Every check returns a `Check` with pass/fail and the numbers behind it; a `GateReport` is the
 whole decision. Inputs are per-unit arrays (one value per test query or user, NaN where the metric
 skips the unit) aligned across models, so every comparison is paired over the same units.
+
+`decide` holds one challenger to a charter; `best_baseline`, `align_champion` and `is_already_champion`
+choose what it is compared with. pipelines/gate.py does the reading, measuring and writing around them.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 
+from components import schema as s
 from components.metrics import paired_bootstrap
+
+if TYPE_CHECKING:
+    from components.charter import Charter
 
 
 @dataclass(frozen=True)
@@ -225,3 +234,160 @@ def top_share(counts: np.ndarray, fraction: float = 0.01, slots: int | None = No
     base = min(len(x), int(slots)) if slots is not None else len(x)
     top = max(1, int(np.ceil(fraction * base)))
     return float(x[:top].sum() / total)
+
+
+# --- the decision -------------------------------------------------------------------------------
+class GateFailed(RuntimeError):
+    """The challenger did not pass, or cannot be gated; the message names each reason with its numbers."""
+
+
+# The gate logs the per-unit values it gated under the model name `challenger`; when that version later
+# serves, its values are read back from the same artifact (a `champion` column, when present, first).
+CHALLENGER_MODEL, CHAMPION_MODEL = "challenger", "champion"
+# A champion whose logged results share fewer of today's test units was evaluated on another split.
+MIN_CHAMPION_OVERLAP = 0.9
+
+
+@dataclass(frozen=True)
+class UnitTable:
+    """What the gate reads from one domain's per-unit table: the unit id its rows join on, the column whose
+    values are the benchmark requests, and which models are baselines (EVALUATION.md's, plus untrained
+    combinations of them; trained parts of the challenger are not)."""
+
+    unit_id: str
+    request: str
+    baselines: tuple[str, ...]
+
+
+UNIT_TABLES = {
+    "search": UnitTable(s.QUERY_ID, s.QUERY, ("bm25", "zero_shot", "rrf_bm25_zero_shot")),
+    "recommend": UnitTable(s.USER_ID, s.USER_ID, ("popularity", "own_frequency", "item_knn", "ease")),
+}
+
+
+def is_already_champion(
+    version: str | None, champion_version: str, challenger: Sequence[float], champion: Sequence[float]
+) -> bool:
+    """The challenger is the serving champion: the same registered version (None: not registered) AND the same
+    per-unit results as the champion's own gate (unchanged data and code). Gating it against itself would fail
+    the primary test (difference 0) and turn a plain re-run red, so such a challenger is not gated."""
+    if version is None or str(version) != str(champion_version):
+        return False
+    a, b = np.asarray(challenger, dtype=float), np.asarray(champion, dtype=float)
+    return a.shape == b.shape and bool(np.allclose(a, b, equal_nan=True))
+
+
+def already_champion_report(domain: str, charter: str, model: str, version: str) -> dict[str, Any]:
+    """The gate report of a challenger that is already the champion (is_already_champion): a pass, no checks."""
+    reason = f"{model} v{version} is already the champion (same bundle): nothing to gate"
+    return {
+        "domain": domain,
+        "charter": charter,
+        "challenger": f"{model} v{version}",
+        "champion": f"{model} v{version} (champion)",
+        "passed": True,
+        "already_champion": True,
+        "reason": reason,
+        "checks": [],
+        "context": {"registered_model": model, "challenger_version": version},
+        "mlflow_run_id": None,
+    }
+
+
+def best_baseline(per_unit: pd.DataFrame, metric: str, primary: str, baselines: Sequence[str]) -> str:
+    """The baseline with the best mean `metric` over the units it scores, never the primary itself.
+
+    Ties go to the later name in alphabetical order. Raises GateFailed when no baseline has a column.
+    """
+    models = s.models_with(per_unit.columns, metric)
+    candidates = [m for m in baselines if m in models and m != primary]
+    if not candidates:
+        raise GateFailed(f"none of the baselines {list(baselines)} has a {metric} column (models: {models})")
+    return max(candidates, key=lambda m: (np.nanmean(per_unit[s.unit_column(m, metric)].to_numpy(dtype=float)), m))
+
+
+def align_champion(per_unit: pd.DataFrame, logged: pd.DataFrame, unit_id: str, metric: str, label: str) -> np.ndarray:
+    """The champion's logged per-unit `metric` aligned to the rows of `per_unit` (NaN where it has none).
+
+    logged: the per-unit table the champion's own gate logged (`unit_id` and a `champion__<metric>` or
+    `challenger__<metric>` column). Raises GateFailed when it has no such column, or shares fewer than
+    MIN_CHAMPION_OVERLAP of today's units: a paired comparison needs the same test split.
+    """
+    cols = [s.unit_column(m, metric) for m in (CHAMPION_MODEL, CHALLENGER_MODEL)]
+    col = next((c for c in cols if c in logged), None)
+    if col is None:
+        raise GateFailed(f"{label}: its gate artifact has no {metric} column")
+    joined = per_unit[[unit_id]].merge(logged[[unit_id, col]], on=unit_id, how="left")
+    overlap = joined[col].notna().mean() if len(joined) else 0.0
+    if overlap < MIN_CHAMPION_OVERLAP:
+        raise GateFailed(
+            f"{label} was evaluated on a different test split ({overlap:.0%} of today's test units match): "
+            "re-evaluate the champion on the current split before gating"
+        )
+    return joined[col].to_numpy(dtype=float)
+
+
+def guardrail_measures(
+    latencies_ms: Sequence[float], top_k_lists: Sequence[Sequence[Any]], catalog: Sequence[Any], k: int
+) -> dict[str, Any]:
+    """The guardrail numbers of one benchmark: latency percentiles (ms), then coverage, Gini and top-1%
+    share of the top-k lists over the slots they could fill (requests x k)."""
+    slots = len(top_k_lists) * k
+    counts = exposure_counts(top_k_lists, catalog)
+    return {
+        "requests": len(top_k_lists),
+        "latency_p50_ms": float(np.percentile(latencies_ms, 50)) if len(latencies_ms) else float("nan"),
+        "latency_p99_ms": p99(latencies_ms),
+        "coverage": coverage(counts, slots),
+        "gini": gini(counts),
+        "top1_share": top_share(counts, 0.01, slots=slots),
+        "catalog_size": len(catalog),
+    }
+
+
+def guardrail_checks(charter: Charter, measured: dict[str, Any]) -> list[Check]:
+    """The charter's limits on the measured bundle: p99 latency, coverage@k, exposure, size on disk."""
+    gr = charter.guardrails
+    return [
+        upper_limit_check("guardrail:latency_p99", measured["latency_p99_ms"], gr.latency_p99_ms, " ms"),
+        lower_limit_check(f"guardrail:coverage@{gr.k}", measured["coverage"], gr.min_coverage),
+        upper_limit_check(f"guardrail:exposure_{gr.exposure_measure}", measured[gr.exposure_measure], gr.max_exposure),
+        upper_limit_check("guardrail:model_size", measured["size_mb"], gr.max_model_size_mb, " MiB"),
+    ]
+
+
+def metric_name(check: str) -> str:
+    """A tracking-safe metric name for a check ("slice:query_length=4+" -> "slice.query_length.4plus")."""
+    return re.sub(
+        r"[^A-Za-z0-9_.\-/ ]", "_", check.replace("+", "plus").replace(":", ".").replace("=", ".").replace("@", "_at_")
+    )
+
+
+def decide(
+    charter: Charter,
+    per_unit: pd.DataFrame,
+    primary: str,
+    champion_label: str,
+    champion: Sequence[float],
+    measured: dict[str, Any],
+    seed: int = 0,
+) -> GateReport:
+    """All checks of the challenger (per_unit column `<primary>__<metric>`) against champion values aligned
+    to per_unit's rows: the primary improvement, every slice of the charter's slice columns (a column the
+    table lacks fails), and the guardrails on `measured`."""
+    pm = charter.primary_metric
+    chall = per_unit[s.unit_column(primary, pm.name)].to_numpy(dtype=float)
+    checks = [
+        improvement_check(chall, champion, pm.name, pm.min_improvement, pm.confidence, pm.bootstrap_resamples, seed)
+    ]
+    rule = charter.slices
+    for col in rule.columns:
+        if col not in per_unit:
+            missing = f"slice column {col!r} missing from the per-unit table"
+            checks.append(Check(f"slice:{col}", False, float("nan"), rule.max_drop, missing))
+            continue
+        checks += slice_checks(
+            chall, champion, per_unit[col].astype(str).to_numpy(), col, rule.max_drop, rule.min_units
+        )
+    checks += guardrail_checks(charter, measured)
+    return GateReport(charter.domain, primary, champion_label, tuple(checks))

@@ -11,14 +11,15 @@ Usage: python -m pipelines.report <charter name> <airflow run id>
 
 from __future__ import annotations
 
-import html
-import json
 import logging
 import sys
 from pathlib import Path
 from typing import Any
 
-from pipelines.common import Paths, load_params, mlflow_run, write_json
+from artifacts.files import read_json, write_json
+from artifacts.paths import Paths, tracking_uri
+from artifacts.reports import render as render_page
+from pipelines.common import load_params, mlflow_run
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +28,6 @@ STEP = "report"
 
 class LifecycleFailed(RuntimeError):
     """At least one stage of the run failed or did not run; the message names each with its reason."""
-
-
-def _read(path: Path) -> Any:
-    return json.loads(path.read_text()) if path.exists() else None
 
 
 def expected_tasks(plan: dict[str, Any] | None) -> list[tuple[str, str]]:
@@ -47,7 +44,7 @@ def _budgets(metrics_dir: Path) -> list[tuple[str, dict]]:
     """Every `budget` summary (components/budget.Deadline.summary) the training steps wrote."""
     found = []
     for path in sorted(metrics_dir.glob("*.json")) if metrics_dir.is_dir() else []:
-        data = _read(path) or {}
+        data = read_json(path) or {}
         stack = [(path.stem, data)]
         while stack:
             where, node = stack.pop()
@@ -58,79 +55,18 @@ def _budgets(metrics_dir: Path) -> list[tuple[str, dict]]:
     return found
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4f}"
-    if isinstance(v, list | tuple) and len(v) == 2 and all(isinstance(x, float) for x in v):
-        return f"[{v[0]:.4f}, {v[1]:.4f}]"
-    return html.escape("—" if v is None else str(v))
-
-
 def render(summary: dict[str, Any], metrics: dict | None, gate: dict | None, budgets: list) -> str:
-    esc = html.escape
-    ok = summary["status"] == "success"
-    stage_rows = "".join(
-        f"<tr class='{r['status']}'><td>{esc(r['group'])}</td><td>{esc(r['task'])}</td><td>{esc(r['status'])}</td>"
-        f"<td>{r.get('seconds', '')}</td><td><pre>{esc(str(r.get('reason') or r.get('note') or ''))[:3000]}</pre></td></tr>"
-        for r in summary["stages"]
-    )
-    metric_html = "<p>No metrics (training did not finish).</p>"
-    if metrics and isinstance(metrics.get("models"), dict):
-        names = summary.get("unit_metrics") or []
-        primary, champion = metrics.get("primary"), (gate or {}).get("champion", "")
-        rows = ""
-        for model, m in metrics["models"].items():
-            role = "challenger" if model == primary else ("champion" if champion.startswith(f"{model} ") else "")
-            cells = "".join(f"<td>{_fmt(m.get(k))} <small>{_fmt(m.get(f'{k}_ci'))}</small></td>" for k in names)
-            rows += f"<tr class='{role}'><td>{esc(model)}</td><td>{role}</td>{cells}</tr>"
-        head = "".join(f"<th>{esc(k)} <small>(95% CI)</small></th>" for k in names)
-        metric_html = f"<table><tr><th>model</th><th>role</th>{head}</tr>{rows}</table>"
-    gate_html = "<p>The gate did not run.</p>"
-    if gate:
-        checks = "".join(
-            f"<tr class='{'success' if c['passed'] else ('skip' if not c['judged'] else 'failed')}'><td>{esc(c['name'])}</td>"
-            f"<td>{'pass' if c['passed'] else ('not judged' if not c['judged'] else 'FAIL')}</td><td>{esc(c['detail'])}</td></tr>"
-            for c in gate["checks"]
-        )
-        gate_html = (
-            f"<p><b>{'PASS' if gate['passed'] else 'FAIL'}</b>: {esc(gate['reason'])} "
-            f"(<a href='gate.html'>gate report</a>)</p><table><tr><th>check</th><th>result</th>"
-            f"<th>numbers</th></tr>{checks}</table>"
-        )
-    budget_html = (
-        "".join(
-            f"<li>{esc(where)}: {'<b>budget reached — training stopped early, best checkpoint kept</b>' if b.get('exhausted') else 'within budget'}"
-            f" ({_fmt(b.get('elapsed_s'))} s of {_fmt(b.get('budget_s'))} s on {esc(str(b.get('device')))})</li>"
-            for where, b in budgets
-        )
-        or "<li>No training step reported its budget use.</li>"
-    )
-    links = "".join(f"<li><a href='{esc(u)}'>{esc(k)}</a></li>" for k, u in summary.get("links", {}).items() if u)
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Incubation {esc(summary["charter"])}</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:80em}}table{{border-collapse:collapse;margin:1em 0}}
-td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top}}pre{{margin:0;white-space:pre-wrap;max-width:60em}}
-.success td:nth-child(3){{color:#070}}.failed td:nth-child(3),.failed td:nth-child(2){{color:#b00;font-weight:bold}}
-.not_run{{color:#888}}.challenger{{background:#eef6ff}}.champion{{background:#f6f6f6}}
-.verdict{{font-size:1.3em;color:{"#070" if ok else "#b00"}}}</style></head><body>
-<h1>Incubation report — {esc(summary["charter"])}</h1>
-<p class="verdict">{esc(summary["status"].upper())}: {esc(summary["headline"])}</p>
-<p>Airflow run <code>{esc(str(summary["run_id"]))}</code> · workspace <code>{esc(str(summary.get("workspace")))}</code></p>
-<ul>{links}</ul>
-<h2>Stages</h2><table><tr><th>group</th><th>task</th><th>status</th><th>seconds</th><th>reason / note</th></tr>{stage_rows}</table>
-<h2>Metrics on the test split (challenger vs champion and baselines)</h2>{metric_html}
-<h2>Validation gate</h2>{gate_html}
-<h2>Training budget</h2><ul>{budget_html}</ul>
-</body></html>"""
+    """The run's page (artifacts/templates/incubation.html): stages, metrics by role, the gate, budgets."""
+    return render_page("incubation.html", summary=summary, metrics=metrics, gate=gate, budgets=budgets)
 
 
 def run(charter: str, run_id: str | None, paths: Paths | None = None, airflow_url: str | None = None) -> dict[str, Any]:
     from components.charter import UNIT_METRICS
-    from pipelines.lifecycle import run_dir
 
     paths = paths or Paths()
-    folder = run_dir(run_id, charter, paths)
-    plan = _read(folder / "plan.json")
-    ledger = {p.stem: _read(p) for p in sorted((folder / "stages").glob("*.json"))}
+    folder = paths.incubation_run(run_id, charter)
+    plan = read_json(folder / "plan.json")
+    ledger = {p.stem: read_json(p) for p in sorted((folder / "stages").glob("*.json"))}
     stages = []
     for group, task in expected_tasks(plan):
         entry = ledger.get(task) or {"status": "not_run", "note": "did not run (an upstream task failed)"}
@@ -144,10 +80,8 @@ def run(charter: str, run_id: str | None, paths: Paths | None = None, airflow_ur
     )
     workspace = Path(plan["workspace"]) if plan else None
     domain = plan["domain"] if plan else None
-    metrics = _read(workspace / "metrics" / f"{domain}.json") if workspace else None
-    gate = _read(folder / "gate.json")
-    from pipelines.common import tracking_uri
-
+    metrics = read_json(Paths(workspace).metrics_file(domain)) if workspace else None
+    gate = read_json(folder / "gate.json")
     summary = {
         "charter": charter,
         "run_id": run_id,
@@ -165,7 +99,7 @@ def run(charter: str, run_id: str | None, paths: Paths | None = None, airflow_ur
     }
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "index.html").write_text(
-        render(summary, metrics, gate, _budgets(workspace / "metrics") if workspace else [])
+        render(summary, metrics, gate, _budgets(Paths(workspace).metrics) if workspace else [])
     )
     write_json(folder / "summary.json", summary)
     with mlflow_run(STEP, load_params(), paths, sections=()) as mrun:
