@@ -39,10 +39,10 @@ test-fast: venv
 # Benchmarks print numbers (and ratios against baselines measured in the same run); the search,
 # recommendation and serving ones need the trained bundles from `make run` or `dvc repro`.
 bench: venv
-	$(PY) -m pipelines.bench_data
-	$(PY) -m pipelines.bench_search
-	$(PY) -m pipelines.bench_recommend
-	$(PY) -m pipelines.bench_serving
+	$(PY) -m bench.data
+	$(PY) -m bench.search
+	$(PY) -m bench.recommend
+	$(PY) -m bench.serving
 
 lint: venv
 	$(VENV)/bin/ruff check components pipelines dags services tests

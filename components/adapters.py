@@ -77,7 +77,10 @@ def adapt_online_retail(raw: pd.DataFrame, salt: str) -> dict[str, pd.DataFrame]
     # (also rows dropped above: a description is product data, not behaviour).
     described = pd.DataFrame({s.PRODUCT_ID: code, s.TITLE: description})[is_product].dropna()
     titles = (
-        described.groupby([s.PRODUCT_ID, s.TITLE]).size().rename("n").reset_index()
+        described.groupby([s.PRODUCT_ID, s.TITLE])
+        .size()
+        .rename("n")
+        .reset_index()
         .sort_values(["n", s.TITLE], ascending=[False, True])
         .drop_duplicates(s.PRODUCT_ID)
         .set_index(s.PRODUCT_ID)[s.TITLE]

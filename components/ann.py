@@ -10,8 +10,13 @@ from __future__ import annotations
 import numpy as np
 
 
-def build_index(embeddings: np.ndarray, exact_below: int = 100_000, hnsw_m: int = 32, ef_construction: int = 200,
-                ef_search: int = 128):
+def build_index(
+    embeddings: np.ndarray,
+    exact_below: int = 100_000,
+    hnsw_m: int = 32,
+    ef_construction: int = 200,
+    ef_search: int = 128,
+):
     """A FAISS index over float32 (n, dim) rows; row i of the index is product i of the caller's order."""
     import faiss
 

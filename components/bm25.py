@@ -70,8 +70,15 @@ class BM25Index:
         """Plain arrays for an .npz file (no pickles): vocabulary, idf, CSR parts, k1, b."""
         vocab = np.array(sorted(self.vocabulary, key=self.vocabulary.__getitem__), dtype=str)
         w = self.weights
-        return {"vocabulary": vocab, "idf": self.idf, "data": w.data, "indices": w.indices, "indptr": w.indptr,
-                "shape": np.array(w.shape), "k1_b": np.array([self.k1, self.b])}
+        return {
+            "vocabulary": vocab,
+            "idf": self.idf,
+            "data": w.data,
+            "indices": w.indices,
+            "indptr": w.indptr,
+            "shape": np.array(w.shape),
+            "k1_b": np.array([self.k1, self.b]),
+        }
 
     @classmethod
     def from_arrays(cls, arrays) -> BM25Index:

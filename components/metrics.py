@@ -58,7 +58,7 @@ def binary_ndcg_at_k(ranked_ids: Sequence, target: set, k: int) -> float:
 
 def rerank_order(product_ids: Sequence[str], scores: Sequence[float]) -> list[str]:
     """Judged products by descending score, ties broken by product id ascending (EVALUATION.md)."""
-    return [p for _, p in sorted(zip(scores, product_ids), key=lambda t: (-t[0], t[1]))]
+    return [p for _, p in sorted(zip(scores, product_ids, strict=True), key=lambda t: (-t[0], t[1]))]
 
 
 def expected_random_ndcg_at_k(gains: Sequence[float], k: int) -> float:
@@ -73,7 +73,9 @@ def expected_random_ndcg_at_k(gains: Sequence[float], k: int) -> float:
     return float(g.mean() * discounts(min(k, len(g))).sum() / ideal)
 
 
-def bootstrap_ci(values: Sequence[float], resamples: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+def bootstrap_ci(
+    values: Sequence[float], resamples: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean over units (queries or users); NaNs are dropped."""
     v = np.asarray(values, dtype=float)
     v = v[~np.isnan(v)]
@@ -110,4 +112,8 @@ def paired_bootstrap(
         return float("nan"), (float("nan"), float("nan")), float("nan")
     rng = np.random.default_rng(seed)
     means = d[rng.integers(0, len(d), size=(resamples, len(d)))].mean(axis=1)
-    return float(d.mean()), (float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))), float((means <= 0).mean())
+    return (
+        float(d.mean()),
+        (float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))),
+        float((means <= 0).mean()),
+    )

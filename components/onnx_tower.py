@@ -62,8 +62,11 @@ def export_query_tower(model, tokenizer, path: Path | str, probe_texts: Sequence
             str(tmp),
             input_names=["input_ids", "attention_mask"],
             output_names=["embedding"],
-            dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
-                          "embedding": {0: "batch"}},
+            dynamic_axes={
+                "input_ids": {0: "batch", 1: "seq"},
+                "attention_mask": {0: "batch", 1: "seq"},
+                "embedding": {0: "batch"},
+            },
             opset_version=ONNX_OPSET,
             dynamo=False,
         )
@@ -118,10 +121,16 @@ class OnnxQueryTower:
         out = None
         for start in range(0, len(texts), batch_size):
             idx = order[start : start + batch_size]
-            batch = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
-                                   return_tensors="np")
-            vecs = session.run(None, {"input_ids": batch["input_ids"].astype(np.int64),
-                                      "attention_mask": batch["attention_mask"].astype(np.int64)})[0]
+            batch = self.tokenizer(
+                [texts[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="np"
+            )
+            vecs = session.run(
+                None,
+                {
+                    "input_ids": batch["input_ids"].astype(np.int64),
+                    "attention_mask": batch["attention_mask"].astype(np.int64),
+                },
+            )[0]
             if out is None:
                 out = np.zeros((len(texts), vecs.shape[1]), dtype=np.float32)
             out[idx] = vecs

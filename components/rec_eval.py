@@ -14,6 +14,7 @@ import pandas as pd
 
 from components import schema as s
 from components.metrics import binary_ndcg_at_k, capped_recall_at_k, summarize
+from components.rec_baselines import Interactions, build_interactions, prepare_events
 
 K = 20
 # Buyers with at least this many baskets before the cutoff are "heavy". 5 is close to the median
@@ -28,6 +29,35 @@ def evaluation_targets(history: pd.DataFrame, window: pd.DataFrame) -> dict[str,
     win = win.loc[win[s.USER_ID].astype(str).isin(hist_users)]
     grouped = {u: set(map(str, g)) for u, g in win.groupby(win[s.USER_ID].astype(str))[s.PRODUCT_ID]}
     return {u: grouped[u] for u in sorted(grouped)}
+
+
+@dataclass(frozen=True)
+class EvalFold:
+    """One fold as the protocol scores it: the prepared history, its interactions (the ranked item
+    universe), each evaluated user's target set and what they bought before the cutoff."""
+
+    events: pd.DataFrame
+    inter: Interactions
+    targets: dict[str, set[str]]
+    bought: dict[str, set[str]]
+
+    @property
+    def users(self) -> list[str]:
+        return list(self.targets)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.inter.items)
+
+
+def evaluation_fold(history: pd.DataFrame, window: pd.DataFrame) -> EvalFold:
+    """The fold of a (history, window) pair: evaluated users are those with events in both."""
+    events = prepare_events(history)
+    inter = build_interactions(events)
+    targets = evaluation_targets(events, window)
+    index = inter.user_index()
+    bought = {u: set(inter.items[inter.counts[index[u]].indices]) for u in targets}
+    return EvalFold(events, inter, targets, bought)
 
 
 def buyer_segments(

@@ -33,6 +33,21 @@ SESSION_ID = "session_id"
 
 SPLIT = "split"
 
+# --- per-unit evaluation tables: one row per test unit, one `<model>__<metric>` column per score -----
+UNIT_COLUMN_SEP = "__"
+
+
+def unit_column(model: str, metric: str) -> str:
+    """The per-unit table's column of one model's metric ("bm25", "ndcg_at_10" -> "bm25__ndcg_at_10")."""
+    return f"{model}{UNIT_COLUMN_SEP}{metric}"
+
+
+def models_with(columns, metric: str) -> list[str]:
+    """The models that have a `metric` column, in column order."""
+    suffix = f"{UNIT_COLUMN_SEP}{metric}"
+    return [c.removesuffix(suffix) for c in columns if c.endswith(suffix)]
+
+
 # --- table names -----------------------------------------------------------------------------------
 CATALOG = "catalog"
 QUERIES = "queries"

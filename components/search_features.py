@@ -71,8 +71,9 @@ def product_priors(judgments: pd.DataFrame, product_ids: Sequence[str]) -> Produ
     return priors
 
 
-def expanded_texts(titles: Sequence[str], product_ids: Sequence[str], judgments: pd.DataFrame,
-                   min_relevance: float) -> list[str]:
+def expanded_texts(
+    titles: Sequence[str], product_ids: Sequence[str], judgments: pd.DataFrame, min_relevance: float
+) -> list[str]:
     """Each title followed by the train queries that judged the product at >= min_relevance (doc2query-style)."""
     good = judgments[judgments[s.RELEVANCE] >= min_relevance]
     extra = good.groupby(good[s.PRODUCT_ID].astype(str))[s.QUERY].agg(" ".join)

@@ -10,31 +10,27 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from artifacts.files import staged_dir, write_json
+from artifacts.paths import Paths
 from components import schema as s
 from components.config import Params
-from pipelines.common import Paths, load_params, mlflow_run, staged_dir, write_json
+from pipelines.common import load_params, mlflow_run
 
 log = logging.getLogger(__name__)
 
 STEP = "build_index"
 
 
-def index_dir(paths: Paths) -> Path:
-    return paths.models / "search" / "index"
-
-
 def run(params: Params, paths: Paths) -> dict:
     from components.ann import ann_recall, build_index, index_kind, write_index
     from components.encoder import encode_texts, load_encoder
-    from pipelines.train_encoder import encoder_dir
 
     sp, ap = params.search, params.search.ann
-    enc = encoder_dir(paths)
+    enc = paths.encoder
     emb = np.load(enc / "embeddings.npy")
     with mlflow_run(STEP, params, paths, inputs=[enc / "embeddings.npy"], sections=("search",)):
         import mlflow
@@ -47,17 +43,27 @@ def run(params: Params, paths: Paths) -> dict:
         model, tokenizer = load_encoder(str(enc / "query_encoder"))
         q = encode_texts(model, tokenizer, probe, 256, sp.query_max_length)
         recall = ann_recall(index, emb, q, 100)
-        meta = {"kind": index_kind(index), "n": int(index.ntotal), "dim": int(emb.shape[1]),
-                "ann_recall_at_100": round(recall, 4), "probe_queries": len(probe),
-                "build_seconds": round(build_seconds, 1)}
-        with staged_dir(index_dir(paths)) as out:
+        meta = {
+            "kind": index_kind(index),
+            "n": int(index.ntotal),
+            "dim": int(emb.shape[1]),
+            "ann_recall_at_100": round(recall, 4),
+            "probe_queries": len(probe),
+            "build_seconds": round(build_seconds, 1),
+        }
+        with staged_dir(paths.index) as out:
             write_index(index, out / "index.faiss")
             np.save(out / "product_ids.npy", np.load(enc / "product_ids.npy"))
             write_json(out / "meta.json", meta)
         mlflow.set_tag("index_kind", meta["kind"])
         mlflow.log_metrics({"ann_recall_at_100": recall, "build_seconds": build_seconds})
-        log.info("index %s over %d products: recall@100 vs exact %.4f, built in %.1f s", meta["kind"], meta["n"],
-                 recall, build_seconds)
+        log.info(
+            "index %s over %d products: recall@100 vs exact %.4f, built in %.1f s",
+            meta["kind"],
+            meta["n"],
+            recall,
+            build_seconds,
+        )
     return meta
 
 

@@ -30,13 +30,13 @@ from typing import Any
 
 import yaml
 
+from artifacts.paths import REPO_ROOT, Paths, datasets_dir, tracking_uri
 from components.config import apply_overrides, parse_params
-from pipelines.common import REPO_ROOT, Paths, datasets_dir, tracking_uri
 
 log = logging.getLogger(__name__)
 
 # What a mirror workspace copies from the repository: the code the stages run and import.
-CODE_DIRS = ("components", "pipelines", "services")
+CODE_DIRS = ("components", "artifacts", "pipelines", "services")
 CODE_FILES = ("dvc.yaml", ".dvcignore")
 
 

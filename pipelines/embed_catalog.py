@@ -19,9 +19,11 @@ import time
 
 import numpy as np
 
+from artifacts.files import staged_dir, write_json
+from artifacts.paths import Paths
 from components import schema as s
 from components.config import Params
-from pipelines.common import Paths, load_params, mlflow_run, staged_dir, write_json
+from pipelines.common import load_params, mlflow_run
 from pipelines.io import read_table
 
 log = logging.getLogger(__name__)
@@ -37,10 +39,6 @@ def text_hash(texts: list[str]) -> str:
     return digest.hexdigest()
 
 
-def out_dir(paths: Paths):
-    return paths.models / "search" / "embeddings"
-
-
 def run(params: Params, paths: Paths) -> dict:
     """Embed every catalog title with the pretrained encoder (skipped when cached for the same key)."""
     import torch
@@ -51,7 +49,7 @@ def run(params: Params, paths: Paths) -> dict:
     catalog = read_table(paths.validated / "search", s.CATALOG)
     titles = catalog[s.TITLE].fillna("").astype(str).tolist()
     key = {"encoder": sp.encoder, "max_length": sp.title_max_length, "text_hash": text_hash(titles)}
-    target = out_dir(paths)
+    target = paths.embeddings
     meta_path = target / "meta.json"
     if meta_path.exists():
         meta = json.loads(meta_path.read_text())
@@ -68,16 +66,27 @@ def run(params: Params, paths: Paths) -> dict:
         start = time.perf_counter()
         emb = encode_texts(model, tokenizer, titles, sp.training.encode_batch_size, sp.title_max_length, device)
         seconds = time.perf_counter() - start
-        meta = {**key, "n": int(emb.shape[0]), "dim": int(emb.shape[1]), "seconds": round(seconds, 1),
-                "products_per_s": round(len(titles) / max(seconds, 1e-9), 1), "device": str(device)}
+        meta = {
+            **key,
+            "n": int(emb.shape[0]),
+            "dim": int(emb.shape[1]),
+            "seconds": round(seconds, 1),
+            "products_per_s": round(len(titles) / max(seconds, 1e-9), 1),
+            "device": str(device),
+        }
         with staged_dir(target) as out:
             np.save(out / "embeddings.npy", emb)
             np.save(out / "product_ids.npy", catalog[s.PRODUCT_ID].astype(str).to_numpy(dtype=str), allow_pickle=False)
             write_json(out / "meta.json", meta)
         mlflow.set_tag("device", str(device))
         mlflow.log_metrics({"embed_seconds": seconds, "products_per_s": meta["products_per_s"]})
-        log.info("embedded %d products in %.0f s (%.0f products/s) on %s", len(titles), seconds,
-                 meta["products_per_s"], device)
+        log.info(
+            "embedded %d products in %.0f s (%.0f products/s) on %s",
+            len(titles),
+            seconds,
+            meta["products_per_s"],
+            device,
+        )
     return meta
 
 

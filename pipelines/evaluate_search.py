@@ -26,19 +26,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from artifacts.files import staged_dir, write_json
+from artifacts.paths import Paths
 from components import schema as s
 from components.config import Params
-from pipelines.common import Paths, load_params, mlflow_run, staged_dir, write_json
+from pipelines.common import load_params, mlflow_run
 
 log = logging.getLogger(__name__)
 
 STEP = "evaluate_search"
 PRIMARY = "hybrid_ranker"
 METRICS = ("ndcg_at_10", "recall_at_100", "rerank_ndcg_at_10")
-
-
-def eval_dir(paths: Paths) -> Path:
-    return paths.models / "search" / "eval"
 
 
 def _full_ranking(scores: np.ndarray, k: int = 100) -> np.ndarray:
@@ -54,6 +52,7 @@ def _ranks(scores: np.ndarray, idx: np.ndarray) -> np.ndarray:
 
 
 def run(params: Params, paths: Paths) -> dict:
+    from artifacts.search_bundle import load_search_bundle
     from components.encoder import encode_texts, load_encoder
     from components.search_eval import (
         full_catalog_metrics,
@@ -65,14 +64,11 @@ def run(params: Params, paths: Paths) -> dict:
         summarize_metrics,
         token_query_counts,
     )
-    from pipelines.embed_catalog import out_dir as zero_shot_dir
-    from pipelines.search_bundle import load_search_bundle
-    from pipelines.train_ranker import bundle_dir
 
     sp = params.search
     test = pd.read_parquet(paths.split / "search" / "test.parquet")
     train = pd.read_parquet(paths.split / "search" / "train.parquet")
-    model = load_search_bundle(bundle_dir(paths))
+    model = load_search_bundle(paths.bundle("search"))
     pid = model.product_ids.astype(str)
     pos = {p: i for i, p in enumerate(pid)}
     gains = judged_gains(test)
@@ -81,7 +77,7 @@ def run(params: Params, paths: Paths) -> dict:
     judged_idx = [np.array([pos[p] for p in sorted(gains[q]) if p in pos], dtype=np.int64) for q in qids]
     judged_pid = [pid[j] for j in judged_idx]
 
-    inputs = [paths.split / "search", bundle_dir(paths), zero_shot_dir(paths)]
+    inputs = [paths.split / "search", paths.bundle("search"), paths.embeddings]
     with mlflow_run(STEP, params, paths, inputs=inputs, sections=("search",)):
         import mlflow
 
@@ -90,7 +86,7 @@ def run(params: Params, paths: Paths) -> dict:
         judged_scores: dict[str, list] = {}
 
         start = time.perf_counter()
-        zs_emb = np.load(zero_shot_dir(paths) / "embeddings.npy")
+        zs_emb = np.load(paths.embeddings / "embeddings.npy")
         zs_model, zs_tok = load_encoder(sp.encoder)
         zs_q = encode_texts(zs_model, zs_tok, texts, 256, sp.query_max_length)
         ft_q = model.encode_queries(texts)
@@ -103,56 +99,83 @@ def run(params: Params, paths: Paths) -> dict:
             ft = model.embeddings @ ft_q[i]
             for name, sc in (("bm25", bm), ("zero_shot", zs), ("fine_tuned", ft)):
                 rankings[name].append(pid[_full_ranking(sc)])
-                judged_scores[name].append(dict(zip(judged_pid[i], sc[j].tolist())))
+                judged_scores[name].append(dict(zip(judged_pid[i], sc[j].tolist(), strict=True)))
             rrf = 1.0 / (sp.rrf_k + _ranks(bm, np.arange(len(bm)))) + 1.0 / (sp.rrf_k + _ranks(zs, np.arange(len(zs))))
             rankings["rrf_bm25_zero_shot"].append(pid[_full_ranking(rrf)])
-            judged_scores["rrf_bm25_zero_shot"].append(dict(zip(judged_pid[i], rrf[j].tolist())))
+            judged_scores["rrf_bm25_zero_shot"].append(dict(zip(judged_pid[i], rrf[j].tolist(), strict=True)))
         timings["baselines_seconds"] = time.perf_counter() - start
 
         start = time.perf_counter()
         ranked = model.rank_queries(texts, k=100, q_embs=ft_q)
         rankings[PRIMARY] = [pid[idx] for idx, _ in ranked]
         judged_scores[PRIMARY] = [
-            dict(zip(judged_pid[i], model.score_products(q, judged_idx[i], ft_q[i]).tolist())) for i, q in enumerate(texts)
+            dict(zip(judged_pid[i], model.score_products(q, judged_idx[i], ft_q[i]).tolist(), strict=True))
+            for i, q in enumerate(texts)
         ]
         timings["hybrid_ranker_seconds"] = time.perf_counter() - start
 
         counts = token_query_counts(train[s.QUERY].astype(str).tolist())
-        per_query = pd.DataFrame({s.QUERY_ID: qids, s.QUERY: texts,
-                                  "query_length": [query_length_bucket(q) for q in texts],
-                                  "head_tail": [head_or_tail(q, counts) for q in texts]})
+        per_query = pd.DataFrame(
+            {
+                s.QUERY_ID: qids,
+                s.QUERY: texts,
+                "query_length": [query_length_bucket(q) for q in texts],
+                "head_tail": [head_or_tail(q, counts) for q in texts],
+            }
+        )
         summary: dict[str, dict] = {}
         rnd = random_rerank_ndcg(qids, gains)
-        per_query["random__rerank_ndcg_at_10"] = rnd
-        summary["random"] = {"ndcg_at_10": None, "ndcg_at_10_ci": None, "recall_at_100": None, "recall_at_100_ci": None,
-                             **summarize_metrics({"rerank_ndcg_at_10": rnd}, sp.bootstrap_resamples, sp.eval_seed)}
+        per_query[s.unit_column("random", "rerank_ndcg_at_10")] = rnd
+        summary["random"] = {
+            "ndcg_at_10": None,
+            "ndcg_at_10_ci": None,
+            "recall_at_100": None,
+            "recall_at_100_ci": None,
+            **summarize_metrics({"rerank_ndcg_at_10": rnd}, sp.bootstrap_resamples, sp.eval_seed),
+        }
         for name in ("bm25", "zero_shot", "rrf_bm25_zero_shot", "fine_tuned", PRIMARY):
             full = full_catalog_metrics(qids, rankings[name], gains)
             rr = rerank_ndcg(qids, judged_scores[name], gains)
-            per_query[f"{name}__ndcg_at_10"] = full["ndcg_at_10"].to_numpy()
-            per_query[f"{name}__recall_at_100"] = full["recall_at_100"].to_numpy()
-            per_query[f"{name}__rerank_ndcg_at_10"] = rr
+            per_query[s.unit_column(name, "ndcg_at_10")] = full["ndcg_at_10"].to_numpy()
+            per_query[s.unit_column(name, "recall_at_100")] = full["recall_at_100"].to_numpy()
+            per_query[s.unit_column(name, "rerank_ndcg_at_10")] = rr
             summary[name] = summarize_metrics(
                 {"ndcg_at_10": full["ndcg_at_10"], "recall_at_100": full["recall_at_100"], "rerank_ndcg_at_10": rr},
-                sp.bootstrap_resamples, sp.eval_seed)
+                sp.bootstrap_resamples,
+                sp.eval_seed,
+            )
         slices = {col: _slice_table(per_query, col, list(summary)) for col in ("query_length", "head_tail")}
-        report = {"primary": PRIMARY, "test_queries": len(qids), "models": summary,
-                  "targets": {"ndcg_at_10": 0.43, "recall_at_100": 0.85},
-                  "timings_seconds": {k: round(v, 1) for k, v in timings.items()}}
+        report = {
+            "primary": PRIMARY,
+            "test_queries": len(qids),
+            "models": summary,
+            "targets": {"ndcg_at_10": 0.43, "recall_at_100": 0.85},
+            "timings_seconds": {k: round(v, 1) for k, v in timings.items()},
+        }
         write_json(paths.metrics / "search.json", report)
-        with staged_dir(eval_dir(paths)) as out:
-            per_query.to_parquet(out / "per_query.parquet", index=False)
+        with staged_dir(paths.eval("search")) as out:
+            per_query.to_parquet(out / paths.per_unit("search").name, index=False)
             write_json(out / "slices.json", slices)
             _plot_models(summary, out / "metrics_by_model.png")
             _plot_slices(slices, out / "metrics_by_slice.png")
         for name, m in summary.items():
-            mlflow.log_metrics({f"{name}.{k}": v for k, v in m.items() if isinstance(v, int | float) and not k.endswith("_n")})
-        mlflow.log_artifacts(str(eval_dir(paths)), artifact_path="eval")
+            mlflow.log_metrics(
+                {f"{name}.{k}": v for k, v in m.items() if isinstance(v, int | float) and not k.endswith("_n")}
+            )
+        mlflow.log_artifacts(str(paths.eval("search")), artifact_path="eval")
         mlflow.log_metrics(timings)
         for name in summary:
             m = summary[name]
-            log.info("%-20s ndcg@10 %s %s  recall@100 %s %s  rerank %s %s", name, m["ndcg_at_10"], m["ndcg_at_10_ci"],
-                     m["recall_at_100"], m["recall_at_100_ci"], m["rerank_ndcg_at_10"], m["rerank_ndcg_at_10_ci"])
+            log.info(
+                "%-20s ndcg@10 %s %s  recall@100 %s %s  rerank %s %s",
+                name,
+                m["ndcg_at_10"],
+                m["ndcg_at_10_ci"],
+                m["recall_at_100"],
+                m["recall_at_100_ci"],
+                m["rerank_ndcg_at_10"],
+                m["rerank_ndcg_at_10_ci"],
+            )
     return report
 
 
@@ -162,7 +185,7 @@ def _slice_table(per_query: pd.DataFrame, col: str, models: list[str]) -> dict:
         row = {"queries": int(len(grp))}
         for m in models:
             for metric in ("ndcg_at_10", "recall_at_100"):
-                c = f"{m}__{metric}"
+                c = s.unit_column(m, metric)
                 if c in grp:
                     row[c] = round(float(grp[c].mean()), 4) if grp[c].notna().any() else None
         out[str(value)] = row
@@ -176,11 +199,11 @@ def _plot_models(summary: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for ax, metric in zip(axes, METRICS):
+    for ax, metric in zip(axes, METRICS, strict=True):
         names = [n for n in summary if summary[n].get(metric) is not None]
         vals = [summary[n][metric] for n in names]
-        lo = [v - summary[n][f"{metric}_ci"][0] for n, v in zip(names, vals)]
-        hi = [summary[n][f"{metric}_ci"][1] - v for n, v in zip(names, vals)]
+        lo = [v - summary[n][f"{metric}_ci"][0] for n, v in zip(names, vals, strict=True)]
+        hi = [summary[n][f"{metric}_ci"][1] - v for n, v in zip(names, vals, strict=True)]
         ax.barh(names, vals, xerr=[lo, hi], capsize=3, color="#4C72B0")
         ax.set_title(f"{metric} (95% bootstrap CI)")
         ax.set_xlim(min(vals) * 0.9 if metric.startswith("rerank") else 0, min(1.0, max(vals) * 1.1))
@@ -196,12 +219,12 @@ def _plot_slices(slices: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(14, 4))
-    for ax, (col, table) in zip(axes, slices.items()):
+    for ax, (col, table) in zip(axes, slices.items(), strict=True):
         values = list(table)
-        models = sorted({c.split("__")[0] for row in table.values() for c in row if c.endswith("__ndcg_at_10")})
+        models = sorted({m for row in table.values() for m in s.models_with(row, "ndcg_at_10")})
         width = 0.8 / max(len(models), 1)
         for i, m in enumerate(models):
-            ys = [table[v].get(f"{m}__ndcg_at_10") or 0.0 for v in values]
+            ys = [table[v].get(s.unit_column(m, "ndcg_at_10")) or 0.0 for v in values]
             ax.bar(np.arange(len(values)) + i * width, ys, width, label=m)
         ax.set_xticks(np.arange(len(values)) + 0.4 - width / 2)
         ax.set_xticklabels([f"{v}\n(n={table[v]['queries']})" for v in values])

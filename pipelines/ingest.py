@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from artifacts.files import staged_dir
+from artifacts.paths import Paths, datasets_dir, pseudonym_salt
 from components import schema as s
 from components.adapters import adapt_homedepot, adapt_online_retail
 from components.config import Params, SourceParams
 from components.privacy import pseudonymize
-from pipelines.common import Paths, datasets_dir, load_params, mlflow_run, pseudonym_salt, staged_dir
+from pipelines.common import load_params, mlflow_run
 from pipelines.io import read_table, write_tables
 
 log = logging.getLogger(__name__)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from artifacts.paths import Paths
 from components import schema as s
 
 
@@ -30,3 +31,10 @@ def write_tables(folder: Path, tables: dict[str, pd.DataFrame]) -> None:
 
 def read_tables(folder: Path, names: tuple[str, ...]) -> dict[str, pd.DataFrame]:
     return {name: read_table(folder, name) for name in names}
+
+
+def read_fold(paths: Paths, fold: str, window: bool = True) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """(history, window) of one fold from data/split/recommend/<fold>/."""
+    folder = paths.split / "recommend" / fold
+    hist = s.conform(s.EVENTS, pd.read_parquet(folder / "history.parquet"))
+    return hist, (s.conform(s.EVENTS, pd.read_parquet(folder / "window.parquet")) if window else None)

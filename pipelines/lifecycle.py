@@ -14,32 +14,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipelines.common import Paths, tracking_uri, write_json
+from artifacts.files import write_json
+from artifacts.paths import Paths, tracking_uri
 
 log = logging.getLogger(__name__)
-
-
-def run_key(run_id: str | None, charter: str) -> str:
-    """A folder name for one lifecycle run: charter + sanitised Airflow run id."""
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id or "manual")
-    return f"{charter}__{safe}"
-
-
-def run_dir(run_id: str | None, charter: str, base: Paths | None = None) -> Path:
-    return (base or Paths()).reports / "incubation" / run_key(run_id, charter)
 
 
 @contextlib.contextmanager
 def recorded(run_id: str | None, charter: str, task: str, group: str) -> Iterator[dict[str, Any]]:
     """Write the task's outcome to the ledger whatever happens; re-raise failures unchanged."""
     entry: dict[str, Any] = {"task": task, "group": group, "started": time.time()}
-    path = run_dir(run_id, charter) / "stages" / f"{task}.json"
+    path = Paths().incubation_run(run_id, charter) / "stages" / f"{task}.json"
     try:
         yield entry
         entry["status"] = "success"
@@ -65,7 +55,7 @@ def requirements(charter: str, overrides: dict[str, Any] | None, run_id: str | N
     with recorded(run_id, charter, "validate_charter", "requirements") as entry:
         plan = step.run(charter, overrides or {})
         entry["result"] = plan
-        write_json(run_dir(run_id, charter) / "plan.json", plan)
+        write_json(Paths().incubation_run(run_id, charter) / "plan.json", plan)
     return plan
 
 
@@ -103,14 +93,14 @@ def gate(plan: dict[str, Any], run_id: str | None) -> dict:
             entry["result"] = {
                 "passed": True,
                 "reason": report["reason"],
-                "report": str(run_dir(run_id, plan["charter"]) / "gate.html"),
+                "report": str(Paths().incubation_run(run_id, plan["charter"]) / "gate.html"),
                 "mlflow_run_id": report["mlflow_run_id"],
             }
         finally:
-            folder = run_dir(run_id, plan["charter"])
+            folder = Paths().incubation_run(run_id, plan["charter"])
             folder.mkdir(parents=True, exist_ok=True)
             for ext in ("json", "html"):
-                src = paths.reports / "gates" / f"{charter.domain}.{ext}"
+                src = paths.gate_report(charter.domain, ext)
                 if src.exists():
                     (folder / f"gate.{ext}").write_bytes(src.read_bytes())
             log.info("gate report: file://%s", folder / "gate.html")
@@ -163,9 +153,11 @@ def rollout(plan: dict[str, Any], run_id: str | None) -> dict:
     ends rolled back or paused (the reason is in the message). A re-run after the challenger already became
     champion changes nothing.
     """
+    from artifacts.registry import CHALLENGER, CHAMPION, Registry
+    from artifacts.rollout_store import RolloutStore
+    from components.rollout import ACTIVE
     from pipelines import rollout as step
     from pipelines.common import load_params
-    from pipelines.gate import CHALLENGER, CHAMPION, _client, alias_version
     from pipelines.requirements import load_charter
 
     charter = load_charter(plan["charter"])
@@ -174,11 +166,10 @@ def rollout(plan: dict[str, Any], run_id: str | None) -> dict:
         _require_service(url)
         paths = Paths()
         os.environ.setdefault("MLFLOW_TRACKING_URI", tracking_uri(paths))
-        client = _client(paths)
-        challenger = alias_version(client, charter.registered_model, CHALLENGER)
-        champion = alias_version(client, charter.registered_model, CHAMPION)
-        state = step.load_state(paths, charter.domain)
-        if state.phase not in (*step.ro.ACTIVE, "paused") and (
+        registry = Registry(charter.registered_model, paths)
+        challenger, champion = registry.version(CHALLENGER), registry.version(CHAMPION)
+        state = RolloutStore(paths, charter.domain).load()
+        if state.phase not in (*ACTIVE, "paused") and (
             challenger is None or (champion is not None and str(champion.version) == str(challenger.version))
         ):
             if champion is None:

@@ -19,16 +19,20 @@ from typing import Any
 
 import yaml
 
+from artifacts.paths import REPO_ROOT, Paths
 from components.charter import Charter, CharterError, check_stages, parse_charter
-from pipelines.common import REPO_ROOT, Paths, load_params, mlflow_run
+from pipelines.common import load_params, mlflow_run
 
 log = logging.getLogger(__name__)
 
 STEP = "requirements"
 
+
 def charters_dir() -> Path:
     """HATCHERY_CHARTERS_DIR (your own charters), else the repository's charters/."""
     return Path(os.environ.get("HATCHERY_CHARTERS_DIR") or REPO_ROOT / "charters")
+
+
 DATA_STAGES = ("ingest", "validate", "split")
 
 

@@ -12,10 +12,16 @@ from __future__ import annotations
 
 import logging
 
+import pandas as pd
+
+from artifacts.files import staged_dir, write_json
+from artifacts.paths import Paths
+from components import contracts
 from components import schema as s
 from components.config import Params
 from components.splits import split_events, split_judgments, split_queries, temporal_folds
-from pipelines.common import Paths, load_params, mlflow_run, staged_dir, write_json
+from pipelines.checks import enforce, run_checks
+from pipelines.common import load_params, mlflow_run
 from pipelines.io import read_tables
 
 log = logging.getLogger(__name__)
@@ -23,10 +29,26 @@ log = logging.getLogger(__name__)
 STEP = "split"
 
 
+def check_search_split(
+    params: Params, paths: Paths, queries_with_split: pd.DataFrame, parts: dict[str, pd.DataFrame]
+) -> None:
+    """Split-integrity suites for search; raises DataCheckError before anything is published."""
+    report_dir = paths.data_checks("search_split")
+    result = run_checks(
+        contracts.search_split_checks(queries_with_split, parts), report_dir, params.checks.failed_rows_sample
+    )
+    enforce(result, "search split checks failed", report_dir)
+
+
+def check_recommend_split(params: Params, paths: Paths, folds, pieces) -> None:
+    """Split-integrity suites for recommendation (no test-window event in training history)."""
+    report_dir = paths.data_checks("recommend_split")
+    result = run_checks(contracts.recommend_split_checks(folds, pieces), report_dir, params.checks.failed_rows_sample)
+    enforce(result, "recommendation split checks failed", report_dir)
+
+
 def run(params: Params, paths: Paths) -> dict[str, int]:
     """Write both domains' splits; a failed split check raises and publishes nothing."""
-    from pipelines.validate import check_recommend_split, check_search_split
-
     sp = params.split
     counts: dict[str, int] = {}
     with mlflow_run(STEP, params, paths, inputs=[paths.validated], sections=("split",)) as _:

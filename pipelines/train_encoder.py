@@ -25,23 +25,17 @@ from pathlib import Path
 
 import numpy as np
 
+from artifacts.files import staged_dir, write_json
+from artifacts.paths import Paths
 from components import schema as s
 from components.config import Params
 from pipelines.budget import training_deadline
-from pipelines.common import Paths, load_params, mlflow_run, staged_dir, write_json
+from pipelines.common import load_params, mlflow_run
 from pipelines.io import read_table
 
 log = logging.getLogger(__name__)
 
 STEP = "train_encoder"
-
-
-def encoder_dir(paths: Paths) -> Path:
-    return paths.models / "search" / "encoder"
-
-
-def checkpoint_dir(paths: Paths) -> Path:
-    return paths.models / "search" / "checkpoints"
 
 
 def _save_checkpoint(folder: Path, state: dict) -> None:
@@ -79,7 +73,7 @@ def _load_checkpoint(folder: Path) -> dict | None:
             opt_state.setdefault(int(pid), {})[k] = v
     return {
         "step": meta["step"],
-        "model": {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")},
+        "model": {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")},
         "adapter": tensors.get("adapter"),
         "optimizer": {"state": opt_state, "param_groups": meta["param_groups"]},
         "torch": torch.__version__,
@@ -93,13 +87,11 @@ def run(params: Params, paths: Paths, progress: bool = True) -> dict:
     from components.bm25 import fit_bm25
     from components.encoder import encode_texts, load_encoder, pick_device
     from components.encoder_training import (
-        FinetuneConfig,
         apply_adapter,
         build_training_queries,
         finetune_encoder,
         in_ranker_fold,
     )
-    from pipelines.embed_catalog import out_dir as embeddings_dir
 
     sp, tp = params.search, params.search.training
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -108,7 +100,11 @@ def run(params: Params, paths: Paths, progress: bool = True) -> dict:
         import torch.distributed as dist
 
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}") if torch.cuda.is_available() else torch.device("cpu")
+        device = (
+            torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+            if torch.cuda.is_available()
+            else torch.device("cpu")
+        )
     else:
         device = pick_device()
     if tp.num_threads:
@@ -127,20 +123,14 @@ def run(params: Params, paths: Paths, progress: bool = True) -> dict:
     bm25 = fit_bm25(titles, sp.bm25_k1, sp.bm25_b)
     queries = build_training_queries(encoder_rows, index, bm25, tp.hard_negatives, tp.hard_negative_pool, params.seed)
 
-    cached = embeddings_dir(paths)
+    cached = paths.embeddings
     frozen = None
     if not tp.train_product_tower:
         frozen = np.load(cached / "embeddings.npy")
         if np.load(cached / "product_ids.npy").astype(str).tolist() != product_ids:
             raise ValueError(f"{cached} was embedded from another catalog: rerun embed_catalog")
 
-    cfg = FinetuneConfig(
-        epochs=tp.epochs, batch_size=tp.batch_size, learning_rate=tp.learning_rate, warmup_fraction=tp.warmup_fraction,
-        temperature=tp.temperature, random_negatives=tp.random_negatives, train_product_tower=tp.train_product_tower,
-        query_max_length=sp.query_max_length, title_max_length=sp.title_max_length, max_steps=tp.max_steps,
-        checkpoint_every=tp.checkpoint_every, freeze_embeddings=tp.freeze_embeddings, frozen_layers=tp.frozen_layers,
-    )
-    ckpt = checkpoint_dir(paths) / "latest"
+    ckpt = paths.checkpoints / "latest"
     import contextlib
 
     tracked = rank == 0  # one MLflow run per training, not one per rank
@@ -159,8 +149,21 @@ def run(params: Params, paths: Paths, progress: bool = True) -> dict:
             log.info("resuming from checkpoint at step %d", resume["step"])
         start = time.perf_counter()
         model, adapter, history = finetune_encoder(
-            model, tokenizer, queries, titles, frozen, cfg, device, params.seed, resume=resume,
-            save_checkpoint=lambda st: _save_checkpoint(ckpt, st), progress=progress, rank=rank, world=world,
+            model,
+            tokenizer,
+            queries,
+            titles,
+            frozen,
+            tp,
+            device,
+            params.seed,
+            query_max_length=sp.query_max_length,
+            title_max_length=sp.title_max_length,
+            resume=resume,
+            save_checkpoint=lambda st: _save_checkpoint(ckpt, st),
+            progress=progress,
+            rank=rank,
+            world=world,
             should_stop=deadline.expired,
         )
         train_seconds = time.perf_counter() - start
@@ -177,15 +180,21 @@ def run(params: Params, paths: Paths, progress: bool = True) -> dict:
             product_emb = encode_texts(model, tokenizer, titles, tp.encode_batch_size, sp.title_max_length, device)
         embed_seconds = time.perf_counter() - start
         meta = {
-            "encoder": sp.encoder, "profile": sp.profile, "device": str(device), "world_size": world,
-            "training_queries": len(queries), "steps": len(history) + (resume["step"] if resume else 0),
-            "train_seconds": round(train_seconds, 1), "embed_seconds": round(embed_seconds, 1),
+            "encoder": sp.encoder,
+            "profile": sp.profile,
+            "device": str(device),
+            "world_size": world,
+            "training_queries": len(queries),
+            "steps": len(history) + (resume["step"] if resume else 0),
+            "train_seconds": round(train_seconds, 1),
+            "embed_seconds": round(embed_seconds, 1),
             "product_tower": "trained" if adapter is None else "frozen+adapter",
-            "query_max_length": sp.query_max_length, "title_max_length": sp.title_max_length,
+            "query_max_length": sp.query_max_length,
+            "title_max_length": sp.title_max_length,
             "final_loss": float(np.mean([h["loss"] for h in history[-20:]])) if history else None,
             "budget": deadline.summary(),
         }
-        with staged_dir(encoder_dir(paths)) as out:
+        with staged_dir(paths.encoder) as out:
             model.save_pretrained(out / "query_encoder", safe_serialization=True)
             tokenizer.save_pretrained(out / "query_encoder")
             if adapter is None:
@@ -194,18 +203,31 @@ def run(params: Params, paths: Paths, progress: bool = True) -> dict:
             else:
                 from safetensors.numpy import save_file
 
-                save_file({"weight": np.ascontiguousarray(adapter, dtype=np.float32)}, str(out / "product_adapter.safetensors"))
+                save_file(
+                    {"weight": np.ascontiguousarray(adapter, dtype=np.float32)},
+                    str(out / "product_adapter.safetensors"),
+                )
             np.save(out / "embeddings.npy", product_emb.astype(np.float32))
             np.save(out / "product_ids.npy", np.array(product_ids, dtype=str))
             write_json(out / "meta.json", meta)
             write_json(out / "history.json", history)
-        shutil.rmtree(checkpoint_dir(paths), ignore_errors=True)
+        shutil.rmtree(paths.checkpoints, ignore_errors=True)
         for h in history[:: max(1, len(history) // 200)]:
             mlflow.log_metric("loss", h["loss"], step=h["step"])
-        mlflow.log_metrics({"train_seconds": train_seconds, "embed_seconds": embed_seconds,
-                            "queries_per_s": len(history) * cfg.batch_size / max(train_seconds, 1e-9)})
-        log.info("fine-tuned %d steps in %.0f s on %s (final loss %.3f)", len(history), train_seconds, device,
-                 meta["final_loss"] or float("nan"))
+        mlflow.log_metrics(
+            {
+                "train_seconds": train_seconds,
+                "embed_seconds": embed_seconds,
+                "queries_per_s": len(history) * tp.batch_size / max(train_seconds, 1e-9),
+            }
+        )
+        log.info(
+            "fine-tuned %d steps in %.0f s on %s (final loss %.3f)",
+            len(history),
+            train_seconds,
+            device,
+            meta["final_loss"] or float("nan"),
+        )
     return meta
 
 

@@ -27,32 +27,24 @@ from datetime import timedelta
 import numpy as np
 import pandas as pd
 
+from artifacts.files import content_hash, staged_dir, write_json
+from artifacts.paths import Paths
+from artifacts.recommend_bundle import save_recommend_bundle
 from components import schema as s
 from components.budget import Deadline
 from components.config import Params
-from components.config_recommend import ProfileParams, RecommendParams
-from components.mf import MFConfig
-from components.ranker import RankerConfig
-from components.rec_baselines import BASELINES, baseline_rankings, build_interactions, prepare_events
-from components.rec_eval import K, evaluate_rankings, evaluation_targets
-from components.rec_features import CandidateConfig, RecState, fit_rec_state
+from components.config_recommend import RecommendParams
+from components.rec_baselines import BASELINES, baseline_rankings
+from components.rec_eval import K, evaluate_rankings, evaluation_fold, evaluation_targets
+from components.rec_features import RecState, fit_rec_state
 from components.recommend_model import RecommendModel, train_rec_ranker, user_profiles
-from components.user_encoder import UserEncoderConfig
 from pipelines.budget import lightgbm_budget_callback, training_deadline
-from pipelines.common import Paths, content_hash, load_params, mlflow_run, staged_dir, write_json
-from pipelines.io import read_table
-from pipelines.recommend_bundle import save_recommend_bundle
+from pipelines.common import load_params, mlflow_run
+from pipelines.io import read_fold, read_table
 
 log = logging.getLogger(__name__)
 
 STEP = "train_recommend"
-
-
-def read_fold(paths: Paths, fold: str, window: bool = True) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """(history, window) of one fold from data/split/recommend/<fold>/."""
-    folder = paths.split / "recommend" / fold
-    hist = s.conform(s.EVENTS, pd.read_parquet(folder / "history.parquet"))
-    return hist, (s.conform(s.EVENTS, pd.read_parquet(folder / "window.parquet")) if window else None)
 
 
 def fold_cutoffs(paths: Paths) -> dict[str, pd.Timestamp]:
@@ -68,27 +60,7 @@ def embed_catalog(catalog: pd.DataFrame, rp: RecommendParams, device) -> np.ndar
     if s.DESCRIPTION in catalog.columns:
         text = text + ". " + catalog[s.DESCRIPTION].fillna("").astype(str)
     model, tokenizer = load_encoder(rp.text_encoder, device)
-    return encode_texts(model, tokenizer, text.tolist(), batch_size=rp.active().text_batch_size, device=device)
-
-
-def configs(rp: RecommendParams) -> tuple[MFConfig, UserEncoderConfig, CandidateConfig, RankerConfig]:
-    prof: ProfileParams = rp.active()
-    r = rp.ranker
-    ranker = RankerConfig(
-        num_leaves=r.num_leaves,
-        learning_rate=r.learning_rate,
-        n_estimators=r.n_estimators,
-        min_data_in_leaf=r.min_data_in_leaf,
-        feature_fraction=r.feature_fraction,
-        early_stopping_rounds=r.early_stopping_rounds,
-        eval_at=K,
-    )
-    return (
-        MFConfig(**prof.mf.model_dump()),
-        UserEncoderConfig(**prof.user_encoder.model_dump()),
-        CandidateConfig(**rp.candidates.model_dump()),
-        ranker,
-    )
+    return encode_texts(model, tokenizer, text.tolist(), batch_size=rp.training.text_batch_size, device=device)
 
 
 def fit_state(
@@ -100,10 +72,19 @@ def fit_state(
     device,
     deadline: Deadline | None = None,
 ) -> RecState:
-    mf, enc, cand, _ = configs(params.recommend)
+    rp = params.recommend
     should_stop = deadline.expired if deadline is not None else None
     return fit_rec_state(
-        history, catalog, text, np.datetime64(as_of.to_datetime64()), mf, enc, cand, params.seed, device, should_stop
+        history,
+        catalog,
+        text,
+        np.datetime64(as_of.to_datetime64()),
+        rp.training.mf,
+        rp.training.user_encoder,
+        rp.candidates,
+        params.seed,
+        device,
+        should_stop,
     )
 
 
@@ -129,16 +110,11 @@ def score_model(model: RecommendModel, targets: dict[str, set[str]]) -> dict[str
 
 def select_baselines(history: pd.DataFrame, window: pd.DataFrame, rp: RecommendParams) -> dict:
     """Valid-fold scores of every baseline; item-kNN k and EASE lambda chosen by valid NDCG@20."""
-    events = prepare_events(history)
-    inter = build_interactions(events)
-    targets = evaluation_targets(events, window)
-    users = list(targets)
-    index = inter.user_index()
-    bought = {u: set(inter.items[inter.counts[index[u]].indices]) for u in users}
-    n = len(inter.items)
+    fold = evaluation_fold(history, window)
 
     def summary(name: str, **kw) -> dict:
-        return evaluate_rankings(baseline_rankings(inter, users, name, K, **kw), targets, bought, n).summary()
+        ranked = baseline_rankings(fold.inter, fold.users, name, K, **kw)
+        return evaluate_rankings(ranked, fold.targets, fold.bought, fold.n_items).summary()
 
     grid_knn = {k: summary("item_knn", knn_k=k) for k in rp.knn_k_grid}
     grid_ease = {lam: summary("ease", ease_lambda=lam) for lam in rp.ease_lambda_grid}
@@ -165,7 +141,7 @@ def run(params: Params, paths: Paths) -> dict:
     from components.encoder import pick_device
 
     rp = params.recommend
-    prof = rp.active()
+    prof = rp.training
     if prof.torch_threads:
         torch.set_num_threads(prof.torch_threads)
     device = pick_device(rp.device)
@@ -184,7 +160,6 @@ def run(params: Params, paths: Paths) -> dict:
 
     with mlflow_run(STEP, params, paths, inputs=inputs, sections=("recommend",)):
         mlflow.set_tag("device", str(device))
-        _, _, _, ranker_config = configs(rp)
         catalog = read_table(paths.validated / "recommend", s.CATALOG)
         cut = fold_cutoffs(paths)
         hist_v, win_v = read_fold(paths, "valid")
@@ -200,9 +175,7 @@ def run(params: Params, paths: Paths) -> dict:
         early, late = hist_v.loc[hist_v[s.TIMESTAMP] < sel_cut], hist_v.loc[hist_v[s.TIMESTAMP] >= sel_cut]
         state_sel = fit_state(early, catalog, text, sel_cut, params, device, deadline)
         targets_sel = evaluation_targets(early, late)
-        booster_sel, info_sel = train_rec_ranker(
-            [(state_sel, targets_sel)], ranker_config, rp.ranker.holdout_share, params.seed, stop_boosting
-        )
+        booster_sel, info_sel = train_rec_ranker([(state_sel, targets_sel)], rp.ranker, params.seed, stop_boosting)
         t = lap("selection_fold", t)
 
         state_v = fit_state(hist_v, catalog, text, cut["valid"], params, device, deadline)
@@ -212,11 +185,7 @@ def run(params: Params, paths: Paths) -> dict:
         # The served ranker learns from both folds before T (never the test window): more users and
         # two moments in time; the valid number above comes from the selection fold alone.
         booster, info = train_rec_ranker(
-            [(state_sel, targets_sel), (state_v, targets_v)],
-            ranker_config,
-            rp.ranker.holdout_share,
-            params.seed,
-            stop_boosting,
+            [(state_sel, targets_sel), (state_v, targets_v)], rp.ranker, params.seed, stop_boosting
         )
         selection["final_ranker"] = info
         t = lap("valid_fold", t)
@@ -234,14 +203,14 @@ def run(params: Params, paths: Paths) -> dict:
             "text_encoder": rp.text_encoder,
             "seed": params.seed,
         }
-        with staged_dir(paths.models / "recommend" / "bundle") as out:
+        with staged_dir(paths.bundle("recommend")) as out:
             save_recommend_bundle(model, out, extra)
         timings["time_total_s"] = round(time.perf_counter() - started, 2)
         selection["timings"] = timings
         selection["budget"] = deadline.summary()
         if deadline.expired():
             log.warning("training budget reached (%s): epochs and boosting were cut short", deadline.summary())
-        write_json(paths.models / "recommend" / "selection.json", selection)
+        write_json(paths.selection, selection)
 
         flat = {
             f"valid_{m}_{k}": v for m, d in selection["valid"].items() for k, v in d.items() if isinstance(v, float)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines.common import REPO_ROOT, Paths
+from artifacts.paths import REPO_ROOT, Paths
 
 SHARED = Path(__import__("os").environ.get("HATCHERY_DATA_DIR", REPO_ROOT.parent / "shared" / "datasets"))
 

@@ -217,8 +217,12 @@ def wait_for_dag(api: Api, timeout: float = 600) -> None:
 
 
 def ensure_pool(api: Api) -> None:
-    body = {"name": POOL, "slots": 1, "description": "DVC's repository lock: one DVC task at a time",
-            "include_deferred": False}
+    body = {
+        "name": POOL,
+        "slots": 1,
+        "description": "DVC's repository lock: one DVC task at a time",
+        "include_deferred": False,
+    }
     try:
         api.get(f"/api/v2/pools/{POOL}")
         api.patch(f"/api/v2/pools/{POOL}", body)
@@ -260,10 +264,9 @@ def follow(api: Api, run_ids: dict[str, str], poll_s: float = 10) -> dict[str, s
 
 
 def summary_of(charter: str, run_id: str) -> dict:
-    safe = "".join(c if c.isalnum() or c in "_.-" else "_" for c in run_id)
-    path = (
-        Path(os.environ.get("HATCHERY_HOME", REPO)) / "reports" / "incubation" / f"{charter}__{safe}" / "summary.json"
-    )
+    from artifacts.paths import Paths  # stdlib only, like this script
+
+    path = Paths().incubation_run(run_id, charter) / "summary.json"
     return {"path": path.with_name("index.html"), **(json.loads(path.read_text()) if path.exists() else {})}
 
 

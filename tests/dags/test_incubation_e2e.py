@@ -60,9 +60,9 @@ def _run_dag(conf: dict, env: dict[str, str]) -> dict:
 
 
 def _run_folder(home: Path, run_id: str) -> Path:
-    from pipelines.lifecycle import run_key
+    from artifacts.paths import Paths
 
-    return home / "reports" / "incubation" / run_key(run_id, CHARTER)
+    return Paths(root=home).incubation_run(run_id, CHARTER)
 
 
 def _registry(tracking: str) -> dict:
@@ -250,31 +250,33 @@ def test_rollout_without_a_service_fails_saying_how_to_start_one(tmp_path, monke
 
 def test_weakened_challenger_is_stopped_and_registry_untouched(lifecycle, tmp_path, monkeypatch):
     """A challenger whose ranking lost its learned signal (per-query NDCG halved below the worst baseline)."""
+    from artifacts.paths import Paths
+    from components.schema import models_with, unit_column
     from pipelines import gate
-    from pipelines.common import Paths
     from pipelines.requirements import load_charter
 
     plan = json.loads((_run_folder(lifecycle["home"], lifecycle["first"]["run_id"]) / "plan.json").read_text())
-    workspace = Path(plan["workspace"])
-    files = gate.DOMAINS["search"]
-    weak = Paths(root=tmp_path / "weak")
-    for rel in (files.metrics, "models/search/registered.json"):
-        (weak.root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (weak.root / rel).write_bytes((workspace / rel).read_bytes())
-    (weak.root / files.bundle).symlink_to(workspace / files.bundle, target_is_directory=True)
-    per_unit = pd.read_parquet(workspace / files.per_unit)
-    primary = json.loads((workspace / files.metrics).read_text())["primary"]
+    workspace, weak = Paths(root=Path(plan["workspace"])), Paths(root=tmp_path / "weak")
+    for src, dst in (
+        (workspace.metrics_file("search"), weak.metrics_file("search")),
+        (workspace.registered("search"), weak.registered("search")),
+    ):
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_bytes(src.read_bytes())
+    weak.bundle("search").symlink_to(workspace.bundle("search"), target_is_directory=True)
+    per_unit = pd.read_parquet(workspace.per_unit("search"))
+    primary = json.loads(workspace.metrics_file("search").read_text())["primary"]
     metric = "ndcg_at_10"
-    baselines = [c for c in per_unit.columns if c.endswith(f"__{metric}") and not c.startswith(f"{primary}__")]
+    baselines = [unit_column(m, metric) for m in models_with(per_unit.columns, metric) if m != primary]
     worst = min(baselines, key=lambda c: per_unit[c].mean())
-    per_unit[f"{primary}__{metric}"] = per_unit[worst] * 0.5
-    (weak.root / files.per_unit).parent.mkdir(parents=True, exist_ok=True)
-    per_unit.to_parquet(weak.root / files.per_unit, index=False)
+    per_unit[unit_column(primary, metric)] = per_unit[worst] * 0.5
+    weak.per_unit("search").parent.mkdir(parents=True, exist_ok=True)
+    per_unit.to_parquet(weak.per_unit("search"), index=False)
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", lifecycle["tracking"])
     before = _registry(lifecycle["tracking"])
     with pytest.raises(gate.GateFailed, match=rf"primary:{metric}: .*difference -"):
         gate.run(load_charter(CHARTER), weak)
     assert _registry(lifecycle["tracking"]) == before
-    report = json.loads((weak.reports / "gates" / "search.json").read_text())
+    report = json.loads(weak.gate_report("search").read_text())
     assert report["passed"] is False and "primary" in report["reason"]

@@ -9,10 +9,10 @@ from datetime import datetime
 import pandas as pd
 import pytest
 
+from artifacts.paths import Paths
 from components import schema as s
 from components.splits import TemporalFold
-from pipelines import ingest, split, validate
-from pipelines.common import Paths
+from pipelines import checks, ingest, split, validate
 from pipelines.io import read_table
 from tests.pipelines.data_slices import small_params, write_mini_datasets
 
@@ -178,7 +178,7 @@ def test_corrupted_tables_are_caught_named_and_publish_nothing(
         (shutil.copytree if sub == "data" else shutil.copy)(root / sub, paths.root / sub)
     good = (paths.validated / domain / f"{table}.parquet").read_bytes()
     _corrupt(paths, domain, table, change)
-    with pytest.raises(validate.DataCheckError) as err:
+    with pytest.raises(checks.DataCheckError) as err:
         validate.run(params, paths, now=datetime(2026, 11, 28))
     message = str(err.value)
     assert suite in message and expectation in message
@@ -197,8 +197,8 @@ def test_leaked_query_is_caught_by_the_split_check(paths, mini_data):
         "valid": pd.DataFrame([{**row, s.QUERY_ID: "q2"}]),
         "test": pd.DataFrame([row]),
     }
-    with pytest.raises(validate.DataCheckError, match="search_split_leakage"):
-        validate.check_search_split(ingested, paths, queries, parts)
+    with pytest.raises(checks.DataCheckError, match="search_split_leakage"):
+        split.check_search_split(ingested, paths, queries, parts)
 
 
 def test_test_window_event_in_training_history_is_caught(paths, mini_data):
@@ -206,8 +206,8 @@ def test_test_window_event_in_training_history_is_caught(paths, mini_data):
     fold = TemporalFold("test", datetime(2011, 11, 9), None)
     history = pd.DataFrame({s.TIMESTAMP: pd.to_datetime(["2011-11-01", "2011-11-10"])})
     window = pd.DataFrame({s.TIMESTAMP: pd.to_datetime(["2011-11-12"])})
-    with pytest.raises(validate.DataCheckError, match="recommend_test_history"):
-        validate.check_recommend_split(ingested, paths, [fold], {"test": (history, window)})
+    with pytest.raises(checks.DataCheckError, match="recommend_test_history"):
+        split.check_recommend_split(ingested, paths, [fold], {"test": (history, window)})
 
 
 def test_missing_dataset_dir_says_what_to_set(paths, tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.common import REPO_ROOT
+from artifacts.paths import REPO_ROOT
 from tests.pipelines.data_slices import SMALL_CHECKS, write_mini_datasets
 
 DATA_STAGES = ("ingest", "validate", "split")

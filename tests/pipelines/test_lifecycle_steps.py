@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from artifacts.files import write_json
+from artifacts.paths import REPO_ROOT, Paths
 from components.charter import CharterError
 from components.config import ParamsError
 from pipelines import dvc_stage, lifecycle, report, requirements
-from pipelines.common import REPO_ROOT, Paths, write_json
 
 
 @pytest.fixture
@@ -68,7 +69,7 @@ def test_report_names_the_failed_stage_and_what_never_ran(paths):
         "data_stages": ["ingest", "validate", "split"],
         "workspace": str(paths.root / "ws"),
     }
-    folder = lifecycle.run_dir(run_id, "semantic_search", paths)
+    folder = paths.incubation_run(run_id, "semantic_search")
     write_json(folder / "plan.json", plan)
     with pytest.raises(RuntimeError):
         with lifecycle.recorded(run_id, "semantic_search", "validate_charter", "requirements"):
@@ -95,40 +96,19 @@ def test_report_names_the_failed_stage_and_what_never_ran(paths):
     assert "the source file is missing" in html and "train_ranker" in html
 
 
-def test_first_champion_is_the_best_listed_baseline():
-    import pandas as pd
-
-    from pipelines.gate import GateFailed, best_baseline
-
-    per_unit = pd.DataFrame(
-        {
-            "bm25__ndcg_at_10": [0.2, 0.4],  # mean 0.3
-            "zero_shot__ndcg_at_10": [0.5, float("nan")],  # mean 0.5 over the units it scores
-            "fine_tuned__ndcg_at_10": [0.9, 0.9],  # a trained part of the challenger, not a baseline
-            "hybrid__ndcg_at_10": [1.0, 1.0],
-        }
-    )
-    assert best_baseline(per_unit, "ndcg_at_10", "hybrid", ("bm25", "zero_shot")) == "zero_shot"
-    assert best_baseline(per_unit, "ndcg_at_10", "hybrid", ("bm25", "hybrid")) == "bm25"
-    with pytest.raises(GateFailed, match="none of the baselines"):
-        best_baseline(per_unit, "ndcg_at_10", "hybrid", ("popularity",))
-
-
 def test_a_stale_registration_record_is_not_a_registered_version(paths):
     """registered.json naming a version the registry lacks (the MLflow store was reset) counts as unregistered."""
-    from mlflow import MlflowClient
+    from artifacts.files import content_hash
+    from artifacts.registry import Registry
 
-    from pipelines.common import content_hash, tracking_uri
-    from pipelines.gate import DOMAINS, registered_version
-
-    bundle = paths.root / DOMAINS["search"].bundle
+    bundle = paths.bundle("search")
     bundle.mkdir(parents=True)
     (bundle / "manifest.json").write_text("{}")
     write_json(
-        paths.models / "search" / "registered.json",
+        paths.registered("search"),
         {"name": "hatchery-search", "version": 3, "bundle_hash": content_hash(bundle), "created": True},
     )
-    client = MlflowClient(tracking_uri(paths), registry_uri=tracking_uri(paths))
-    assert registered_version(client, "hatchery-search", paths.root, "search") is None
-    client.create_registered_model("hatchery-search")
-    assert registered_version(client, "hatchery-search", paths.root, "search") is None
+    registry = Registry("hatchery-search", paths)
+    assert registry.version_of_bundle(bundle, paths.registered("search")) is None
+    registry.client.create_registered_model("hatchery-search")
+    assert registry.version_of_bundle(bundle, paths.registered("search")) is None

@@ -6,14 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import bench_recommend, evaluate_recommend, register_recommend, train_recommend
+from artifacts.recommend_bundle import load_recommend_bundle
+from bench import recommend as bench_recommend
+from pipelines import evaluate_recommend, register, train_recommend
 from pipelines.common import load_params
-from pipelines.recommend_bundle import load_recommend_bundle
 from tests.pipelines._recommend_slice import write_recommend_slice
 
 TINY = {
-    "recommend.cpu.mf": {"dim": 8, "epochs": 2, "lr": 0.02, "reg": 0.0001, "batch_size": 4096},
-    "recommend.cpu.user_encoder": {
+    "recommend.profiles.cpu.mf": {"dim": 8, "epochs": 2, "lr": 0.02, "reg": 0.0001, "batch_size": 4096},
+    "recommend.profiles.cpu.user_encoder": {
         "dim": 8,
         "max_len": 20,
         "epochs": 1,
@@ -32,7 +33,7 @@ TINY = {
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, online_retail_raw):
-    from pipelines.common import Paths
+    from artifacts.paths import Paths
 
     mp = pytest.MonkeyPatch()
     root = tmp_path_factory.mktemp("rec")
@@ -87,8 +88,8 @@ def test_evaluate_reports_every_model_and_per_user_rows(trained):
 
 @pytest.mark.slow
 def test_an_exhausted_training_budget_stops_cleanly_and_says_so(tmp_path, online_retail_raw, monkeypatch):
+    from artifacts.paths import Paths
     from pipelines.budget import budget_env
-    from pipelines.common import Paths
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     for key, value in budget_env(cpu_minutes=0.0, gpu_hours=0.0, started_at=0.0).items():
@@ -104,8 +105,8 @@ def test_an_exhausted_training_budget_stops_cleanly_and_says_so(tmp_path, online
 @pytest.mark.slow
 def test_register_is_idempotent_and_bench_runs(trained):
     params, paths, _, _ = trained
-    first = register_recommend.run(params, paths)
-    again = register_recommend.run(params, paths)
+    first = register.run("recommend", params, paths)
+    again = register.run("recommend", params, paths)
     assert first["created"] and not again["created"] and again["version"] == first["version"]
     saved = json.loads((paths.models / "recommend" / "registered.json").read_text())
     assert saved["version"] == first["version"]

@@ -33,8 +33,8 @@ def trained(homedepot_raw, tmp_path_factory):
     """Run every search step once into one tmp root (module scope: the steps build on each other)."""
     import os
 
+    from artifacts.paths import Paths
     from pipelines import build_index, embed_catalog, evaluate_search, train_encoder, train_ranker
-    from pipelines.common import Paths
 
     root = tmp_path_factory.mktemp("search")
     old = {k: os.environ.get(k) for k in ("HATCHERY_HOME", "MLFLOW_TRACKING_URI")}
@@ -104,7 +104,7 @@ def test_metrics_file_has_every_model_with_intervals(trained) -> None:
 
 
 def test_bundle_loads_and_answers_with_explanations(trained) -> None:
-    from pipelines.search_bundle import load_search_bundle
+    from artifacts.search_bundle import load_search_bundle
 
     model = load_search_bundle(trained["paths"].models / "search" / "bundle")
     results = model.search("cordless drill", k=5, explain=True)
@@ -115,10 +115,10 @@ def test_bundle_loads_and_answers_with_explanations(trained) -> None:
 
 
 def test_register_is_idempotent(trained) -> None:
-    from pipelines import register_search
+    from pipelines import register
 
-    first = register_search.run(trained["params"], trained["paths"])
-    again = register_search.run(trained["params"], trained["paths"])
+    first = register.run("search", trained["params"], trained["paths"])
+    again = register.run("search", trained["params"], trained["paths"])
     assert first["created"] and not again["created"]
     assert again["version"] == first["version"] == 1
     assert json.loads((trained["paths"].models / "search" / "registered.json").read_text())["version"] == 1

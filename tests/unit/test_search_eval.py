@@ -24,12 +24,14 @@ from components.search_eval import (
 
 @pytest.fixture
 def judgments() -> pd.DataFrame:
-    return pd.DataFrame({
-        s.QUERY_ID: ["q1", "q1", "q1", "q2", "q2"],
-        s.QUERY: ["a", "a", "a", "b", "b"],
-        s.PRODUCT_ID: ["p1", "p2", "p3", "p4", "p5"],
-        s.RELEVANCE: [3.0, 2.0, 1.0, 1.0, 1.0],  # q2: every gain 0 -> NDCG skipped
-    })
+    return pd.DataFrame(
+        {
+            s.QUERY_ID: ["q1", "q1", "q1", "q2", "q2"],
+            s.QUERY: ["a", "a", "a", "b", "b"],
+            s.PRODUCT_ID: ["p1", "p2", "p3", "p4", "p5"],
+            s.RELEVANCE: [3.0, 2.0, 1.0, 1.0, 1.0],  # q2: every gain 0 -> NDCG skipped
+        }
+    )
 
 
 def test_perfect_order_scores_one_and_no_hits_zero(judgments) -> None:

@@ -23,14 +23,24 @@ from components.search_features import (
 
 @pytest.fixture
 def catalog() -> pd.DataFrame:
-    return pd.DataFrame({s.PRODUCT_ID: ["p1", "p2", "p3", "p4"],
-                         s.TITLE: ["cordless drill 18v", "drill bit set", "garden hose 50 ft", ""]})
+    return pd.DataFrame(
+        {
+            s.PRODUCT_ID: ["p1", "p2", "p3", "p4"],
+            s.TITLE: ["cordless drill 18v", "drill bit set", "garden hose 50 ft", ""],
+        }
+    )
 
 
 @pytest.fixture
 def judgments() -> pd.DataFrame:
-    return pd.DataFrame({s.QUERY_ID: ["q1", "q1", "q2"], s.QUERY: ["power drill", "power drill", "water hose"],
-                         s.PRODUCT_ID: ["p1", "p2", "p3"], s.RELEVANCE: [3.0, 1.0, 2.5]})
+    return pd.DataFrame(
+        {
+            s.QUERY_ID: ["q1", "q1", "q2"],
+            s.QUERY: ["power drill", "power drill", "water hose"],
+            s.PRODUCT_ID: ["p1", "p2", "p3"],
+            s.RELEVANCE: [3.0, 1.0, 2.5],
+        }
+    )
 
 
 def _features(catalog, query, cand, priors=None, dense=None):
@@ -38,8 +48,18 @@ def _features(catalog, query, cand, priors=None, dense=None):
     bm = fit_bm25(titles).score(query)
     dense = np.zeros(len(cand), dtype=np.float32) if dense is None else dense
     lengths = np.array([len(t.split()) for t in titles], dtype=np.float32)
-    return pair_features(query, np.asarray(cand), bm, bm, dense, float(dense.max()) if len(dense) else 0.0,
-                         title_token_sets(titles), lengths, priors or ProductPriors.empty(len(titles)), None)
+    return pair_features(
+        query,
+        np.asarray(cand),
+        bm,
+        bm,
+        dense,
+        float(dense.max()) if len(dense) else 0.0,
+        title_token_sets(titles),
+        lengths,
+        priors or ProductPriors.empty(len(titles)),
+        None,
+    )
 
 
 def test_no_candidates_gives_empty_matrix(catalog) -> None:

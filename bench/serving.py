@@ -1,4 +1,4 @@
-"""bench_serving: latency and throughput of /search and /recommend through `bentoml serve`, next to in-process.
+"""Benchmark: latency and throughput of /search and /recommend through `bentoml serve`, next to in-process.
 
 For each endpoint and concurrency (1 and 8): p50/p95/p99 latency (ms) and throughput (requests/s) of
   in-process  the exact function the endpoint calls (services.runtime.search_results with a fresh
@@ -13,7 +13,7 @@ Both paths run on the same requests in alternating blocks (see run), one server 
 Models: --search-bundle / --recommend-bundle (default models/<domain>/bundle, the full catalogs).
 Output: reports/bench/serving.json and a table on stdout.
 
-Usage: python -m pipelines.bench_serving [--requests 200] [--search-bundle DIR] [--recommend-bundle DIR]
+Usage: python -m bench.serving [--requests 200] [--search-bundle DIR] [--recommend-bundle DIR]
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from artifacts.files import write_json
+from artifacts.paths import Paths, pseudonym_salt
 from components import schema as s
-from pipelines.common import Paths, pseudonym_salt, write_json
 
 log = logging.getLogger(__name__)
 
@@ -172,15 +173,10 @@ def run(
     Interleaving matters on a shared machine: background load drifts over minutes, and measuring one
     path after the other would charge that drift to the serving overhead.
     """
+    from artifacts.bundles import load_bundle
     from services.launch import stop_service
-    from services.runtime import (
-        QueryCache,
-        default_model_loader,
-        limit_threads,
-        pseudonymous_user,
-        search_results,
-        settle_heap,
-    )
+    from services.runtime import QueryCache, pseudonymous_user, search_results
+    from services.settings import limit_threads, serving_threads, settle_heap
 
     work = workload(paths, n, seed)
     salt = pseudonym_salt()
@@ -199,8 +195,8 @@ def run(
         pool = work["queries"] if domain == "search" else work["users"]
         return [pool[(slot * n + i) % len(pool)] for i in range(n)]
 
-    models = {d: default_model_loader(d, b) for d, b in bundles.items()}
-    limit_threads(int(os.environ.get("HATCHERY_SERVING_THREADS", "1")))  # the service's setting, after loading
+    models = {d: load_bundle(d, b) for d, b in bundles.items()}
+    limit_threads(serving_threads())  # the service's setting, after loading
     settle_heap()  # as the service does after loading: no full-GC stalls on either side
     results: dict[str, Any] = {
         "requests_per_setting": n,
@@ -257,7 +253,7 @@ def run(
             results["peak_rss_mib"] = round(_peak_rss_mib(proc.pid), 1)
         finally:
             stop_service(proc)
-    write_json(paths.reports / "bench" / "serving.json", results)
+    write_json(paths.bench("serving"), results)
     return results
 
 
@@ -289,8 +285,8 @@ if __name__ == "__main__":
     paths = Paths()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=200)
-    ap.add_argument("--search-bundle", type=Path, default=paths.models / "search" / "bundle")
-    ap.add_argument("--recommend-bundle", type=Path, default=paths.models / "recommend" / "bundle")
+    ap.add_argument("--search-bundle", type=Path, default=paths.bundle("search"))
+    ap.add_argument("--recommend-bundle", type=Path, default=paths.bundle("recommend"))
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     print(render(run(paths, args.search_bundle, args.recommend_bundle, args.requests, args.seed)))

@@ -1,8 +1,8 @@
-"""bench_recommend: latency of one user's recommendation (candidates + features + re-rank), from the bundle.
+"""Benchmark: latency of one user's recommendation (candidates + features + re-rank), from the bundle.
 
 Prints and writes median and p99 milliseconds over `recommend.bench_users` known users (plus the
 unknown-user fallback and `similar`), each timed alone, as the service would call them.
-Output: models/recommend/bench.json
+Output: reports/bench/recommend.json
 """
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ import time
 
 import numpy as np
 
+from artifacts.files import write_json
+from artifacts.paths import Paths
+from artifacts.recommend_bundle import load_recommend_bundle
 from components.config import Params
-from pipelines.common import Paths, load_params, write_json
-from pipelines.recommend_bundle import load_recommend_bundle
+from pipelines.common import load_params
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +31,11 @@ def _stats(ms: list[float]) -> dict[str, float]:
 def run(params: Params, paths: Paths, k: int = 10) -> dict:
     import torch
 
-    threads = params.recommend.active().torch_threads
+    threads = params.recommend.training.torch_threads
     if threads:
         torch.set_num_threads(threads)
     t = time.perf_counter()
-    model = load_recommend_bundle(paths.models / "recommend" / "bundle")
+    model = load_recommend_bundle(paths.bundle("recommend"))
     load_s = time.perf_counter() - t
     rng = np.random.default_rng(params.seed)
     users = rng.choice(model.state.users, size=min(params.recommend.bench_users, len(model.state.users)), replace=False)
@@ -54,7 +56,7 @@ def run(params: Params, paths: Paths, k: int = 10) -> dict:
         "recommend_unknown_user": _stats(timed(model.recommend, [f"unknown-{i}" for i in range(50)])),
         "similar": _stats(timed(model.similar, items)),
     }
-    write_json(paths.models / "recommend" / "bench.json", result)
+    write_json(paths.bench("recommend"), result)
     for name in ("recommend_known_user", "recommend_unknown_user", "similar"):
         r = result[name]
         print(f"{name:24s} median {r['median_ms']:7.2f} ms   p99 {r['p99_ms']:7.2f} ms   (n={r['n']})")

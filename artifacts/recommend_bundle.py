@@ -17,13 +17,13 @@ Layout (models/recommend/bundle/):
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from components.rec_features import FEATURES, CandidateConfig, RecState
+from components.config_recommend import CandidateParams
+from components.rec_features import FEATURES, RecState
 from components.recommend_model import RecommendModel
 
 FORMAT = "hatchery-recommend/1"
@@ -41,7 +41,7 @@ _ITEM_ARRAYS = (
 
 
 def save_recommend_bundle(model: RecommendModel, folder: Path, extra: dict | None = None) -> None:
-    """Write the bundle into an existing empty folder (callers stage it: pipelines.common.staged_dir)."""
+    """Write the bundle into an existing empty folder (callers stage it: artifacts.files.staged_dir)."""
     from safetensors.numpy import save_file
 
     st = model.state
@@ -66,7 +66,7 @@ def save_recommend_bundle(model: RecommendModel, folder: Path, extra: dict | Non
         "format": FORMAT,
         "as_of": str(pd.Timestamp(st.as_of)),
         "features": list(FEATURES),
-        "candidates": asdict(st.config),
+        "candidates": st.config.model_dump(),
         "n_items": len(st.items),
         "n_rankable": int(st.rankable.sum()),
         "n_users": len(st.users),
@@ -101,7 +101,7 @@ def load_recommend_bundle(folder: Path | str) -> RecommendModel:
         mf_users=mf["users"],
         mf_items=mf["items"],
         encoder_users=np.load(folder / "user_vectors.npy", allow_pickle=False),
-        config=CandidateConfig(**manifest["candidates"]),
+        config=CandidateParams(**manifest["candidates"]),
         encoder_weights=load_file(folder / "user_encoder.safetensors"),
     )
     booster = None

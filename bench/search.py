@@ -1,6 +1,6 @@
 """bench_search: product-tower encoding throughput and end-to-end query latency of the search bundle.
 
-    python -m pipelines.bench_search [--products 2000] [--queries 0]
+    python -m bench.search [--products 2000] [--queries 0]
 
 Prints products/s of batch inference (the catalog pass) and the median and p99 milliseconds of one
 query through SearchModel.search (encode + ANN + BM25 + features + LightGBM re-rank of the
@@ -19,8 +19,8 @@ import time
 import numpy as np
 import pandas as pd
 
+from artifacts.paths import Paths
 from components import schema as s
-from pipelines.common import Paths
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +28,10 @@ log = logging.getLogger(__name__)
 def run(paths: Paths, n_products: int = 2000, n_queries: int = 0, warmup: int = 10) -> dict:
     import torch
 
+    from artifacts.search_bundle import load_search_bundle, read_manifest
     from components.encoder import encode_texts, load_encoder
-    from pipelines.search_bundle import load_search_bundle, read_manifest
-    from pipelines.train_ranker import bundle_dir
 
-    folder = bundle_dir(paths)
+    folder = paths.bundle("search")
     manifest = read_manifest(folder)
     model = load_search_bundle(folder)
     product_tower = folder / "product_encoder"

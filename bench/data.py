@@ -11,8 +11,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from artifacts.paths import Paths
 from pipelines import ingest, split, validate
-from pipelines.common import Paths, load_params
+from pipelines.common import load_params
 
 
 def main() -> None:

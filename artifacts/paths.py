@@ -1,0 +1,209 @@
+"""Every location Hatchery reads or writes, relative to one outputs root: the one home of paths.
+
+Standard library only, so dags/ and infra/ can import it without the ML stack.
+
+Environment (all optional; the defaults work on one laptop with no servers):
+    HATCHERY_HOME            where outputs live (default: the repository root)
+    HATCHERY_DATA_DIR        folder with homedepot/ and online_retail/ (default ../shared/datasets)
+    HATCHERY_PSEUDONYM_SALT  salt for user-id pseudonyms (default: a development salt, with a warning)
+    MLFLOW_TRACKING_URI      default sqlite:///<HATCHERY_HOME>/mlflow.db, artifacts in mlartifacts/
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DOMAINS = ("search", "recommend")
+DEV_SALT = "hatchery-development-salt"
+# The evaluation steps' per-unit tables: one row per test query / test user.
+PER_UNIT_FILE = {"search": "per_query.parquet", "recommend": "per_user.parquet"}
+
+
+def _home() -> Path:
+    return Path(os.environ.get("HATCHERY_HOME", REPO_ROOT))
+
+
+def _domain(domain: str) -> str:
+    if domain not in DOMAINS:
+        raise ValueError(f"unknown domain {domain!r}: expected one of {DOMAINS}")
+    return domain
+
+
+def run_key(run_id: str | None, charter: str) -> str:
+    """The folder name of one lifecycle run: charter + sanitised Airflow run id."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id or "manual")
+    return f"{charter}__{safe}"
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Every location under one outputs root (HATCHERY_HOME, default the repository)."""
+
+    root: Path = field(default_factory=_home)
+
+    # --- data ---------------------------------------------------------------------------------------
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def ingested(self) -> Path:
+        return self.data / "ingested"
+
+    @property
+    def validated(self) -> Path:
+        return self.data / "validated"
+
+    @property
+    def split(self) -> Path:
+        return self.data / "split"
+
+    # --- models, per domain -----------------------------------------------------------------------
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    def domain(self, domain: str) -> Path:
+        return self.models / _domain(domain)
+
+    def bundle(self, domain: str) -> Path:
+        """The servable bundle a training step writes (artifacts/<domain>_bundle.py)."""
+        return self.domain(domain) / "bundle"
+
+    def eval(self, domain: str) -> Path:
+        return self.domain(domain) / "eval"
+
+    def per_unit(self, domain: str) -> Path:
+        """The evaluation's per-unit table: slice columns and one `<model>__<metric>` column each."""
+        return self.eval(domain) / PER_UNIT_FILE[_domain(domain)]
+
+    def registered(self, domain: str) -> Path:
+        """The register step's record: {"name", "version", "bundle_hash", "created", "run_id"}."""
+        return self.domain(domain) / "registered.json"
+
+    @property
+    def embeddings(self) -> Path:
+        """Pretrained catalog embeddings, cached per encoder and title text (embed_catalog)."""
+        return self.domain("search") / "embeddings"
+
+    @property
+    def encoder(self) -> Path:
+        return self.domain("search") / "encoder"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.domain("search") / "checkpoints"
+
+    @property
+    def index(self) -> Path:
+        return self.domain("search") / "index"
+
+    @property
+    def ranker_meta(self) -> Path:
+        return self.domain("search") / "ranker" / "meta.json"
+
+    @property
+    def selection(self) -> Path:
+        """The recommendation step's chosen hyper-parameters and valid-fold numbers."""
+        return self.domain("recommend") / "selection.json"
+
+    # --- metrics and reports ------------------------------------------------------------------------
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics"
+
+    def metrics_file(self, domain: str) -> Path:
+        return self.metrics / f"{_domain(domain)}.json"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    def data_checks(self, name: str) -> Path:
+        """Great Expectations reports: `tables`, `search_split`, `recommend_split`."""
+        return self.reports / "data_checks" / name
+
+    def gate_report(self, domain: str, ext: str = "json") -> Path:
+        return self.reports / "gates" / f"{_domain(domain)}.{ext}"
+
+    def package_report(self, domain: str) -> Path:
+        return self.reports / "package" / f"{_domain(domain)}.json"
+
+    def rollout(self, domain: str) -> Path:
+        """The rollout store of one domain: state, audit trail, request/feedback/evaluation logs."""
+        return self.reports / "rollout" / _domain(domain)
+
+    def rollout_summary(self, domain: str) -> Path:
+        return self.reports / "rollout" / f"{_domain(domain)}.json"
+
+    def incubation_run(self, run_id: str | None, charter: str) -> Path:
+        """One lifecycle run's ledger and report."""
+        return self.reports / "incubation" / run_key(run_id, charter)
+
+    def bench(self, name: str) -> Path:
+        return self.reports / "bench" / f"{name}.json"
+
+    # --- stores -----------------------------------------------------------------------------------
+    @property
+    def serving_cache(self) -> Path:
+        """Registry bundles the service downloaded, one folder per <model name>/<version>."""
+        return self.root / "serving_cache"
+
+    @property
+    def workspaces(self) -> Path:
+        """Mirror DVC workspaces of lifecycle runs with overrides (pipelines/dvc_stage.py)."""
+        return self.root / "workspaces"
+
+    @property
+    def bentoml_home(self) -> Path:
+        return self.root / "bentoml_home"
+
+
+def datasets_dir(override: str | None = None) -> Path:
+    """The folder of the shared real datasets, or a clear error saying what to set.
+
+    Precedence: the params path (data.<domain>.path), then HATCHERY_DATA_DIR, then ../shared/datasets.
+    """
+    candidates = (
+        [override] if override else [os.environ.get("HATCHERY_DATA_DIR"), str(REPO_ROOT.parent / "shared" / "datasets")]
+    )
+    for c in candidates:
+        if c and Path(c).expanduser().is_dir():
+            return Path(c).expanduser()
+    raise FileNotFoundError(
+        "real datasets not found: set HATCHERY_DATA_DIR to the folder holding homedepot/train.csv.zip "
+        "and online_retail/online_retail.parquet (tried: "
+        + ", ".join(str(c) for c in candidates if c)
+        + "), or set data.<domain>.source: canonical with data.<domain>.path in params.yaml"
+    )
+
+
+def tracking_uri(paths: Paths | None = None) -> str:
+    """MLFLOW_TRACKING_URI, else an SQLite store beside the outputs."""
+    paths = paths or Paths()
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{paths.root / 'mlflow.db'}"
+
+
+def default_artifact_location(paths: Paths | None = None) -> str | None:
+    """Where a local (SQLite) store keeps artifacts: <root>/mlartifacts, never the working directory's
+    mlruns/ (MLflow's default); None lets a tracking server decide."""
+    paths = paths or Paths()
+    if not tracking_uri(paths).startswith("sqlite:"):
+        return None
+    return (paths.root / "mlartifacts").as_uri()
+
+
+def pseudonym_salt() -> str:
+    """HATCHERY_PSEUDONYM_SALT, or the development salt with a warning."""
+    salt = os.environ.get("HATCHERY_PSEUDONYM_SALT")
+    if not salt:
+        log.warning("HATCHERY_PSEUDONYM_SALT is not set; using the development salt (set it in production)")
+        return DEV_SALT
+    return salt

@@ -1,0 +1,8 @@
+"""Benchmarks that print numbers (ratios against a baseline measured in the same run), apart from
+the lifecycle's steps: `python -m bench.<name>`, all of them with `make bench`.
+
+    data.py       ingest + validate + split on the full shipped datasets
+    search.py     query latency (ONNX vs PyTorch query tower) and catalog-pass throughput
+    recommend.py  recommendation latency per known user
+    serving.py    the same requests in-process and through `bentoml serve`
+"""
