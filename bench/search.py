@@ -1,4 +1,4 @@
-"""bench_search: product-tower encoding throughput and end-to-end query latency of the search bundle.
+"""Benchmark: product-tower encoding throughput and end-to-end query latency of the search bundle.
 
     python -m bench.search [--products 2000] [--queries 0]
 

@@ -13,7 +13,7 @@ never learned from):
    all history before T.
 
 Outputs:
-  models/recommend/bundle/          see pipelines/recommend_bundle.py
+  models/recommend/bundle/          see artifacts/recommend_bundle.py
   models/recommend/selection.json   chosen hyper-parameters and every valid-fold number
 """
 
