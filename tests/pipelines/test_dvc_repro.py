@@ -34,7 +34,7 @@ def test_dvc_repro_runs_caches_and_reruns_only_what_changed(tmp_path, homedepot_
     write_mini_datasets(tmp_path / "shared" / "datasets", homedepot_raw, online_retail_raw)
     project = tmp_path / "project"
     project.mkdir()
-    for folder in ("components", "pipelines"):
+    for folder in ("components", "artifacts", "pipelines"):
         shutil.copytree(REPO_ROOT / folder, project / folder, ignore=shutil.ignore_patterns("__pycache__"))
     stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
     (project / "dvc.yaml").write_text(yaml.safe_dump({"stages": {k: stages[k] for k in DATA_STAGES}}))
