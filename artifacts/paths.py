@@ -4,8 +4,12 @@ Standard library only, so dags/ and infra/ can import it without the ML stack.
 
 Environment (all optional; the defaults work on one laptop with no servers):
     HATCHERY_HOME            where outputs live (default: the repository root)
-    HATCHERY_DATA_DIR        folder with homedepot/ and online_retail/ (default ../shared/datasets)
-    HATCHERY_PSEUDONYM_SALT  salt for user-id pseudonyms (default: a development salt, with a warning)
+    HATCHERY_DATA_DIR        folder with homedepot/ and online_retail/ (default ../shared/datasets), for
+                             the tests and the replay; ingest reads params.yaml's data.<domain>.path
+    HATCHERY_PSEUDONYM_SALT  salt for user-id pseudonyms: required, except in dev mode
+    HATCHERY_ENV             `dev`: the development defaults are allowed (the public development salt,
+                             a registry version with no recorded bundle digest loaded unverified), each
+                             with a warning; anything else (the default): they are errors
     MLFLOW_TRACKING_URI      default sqlite:///<HATCHERY_HOME>/mlflow.db, artifacts in mlartifacts/
 """
 
@@ -22,6 +26,7 @@ log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DOMAINS = ("search", "recommend")
 DEV_SALT = "hatchery-development-salt"
+DEV_ENV = "dev"
 # The evaluation steps' per-unit tables: one row per test query / test user.
 PER_UNIT_FILE = {"search": "per_query.parquet", "recommend": "per_user.parquet"}
 
@@ -79,6 +84,11 @@ class Paths:
 
     def eval(self, domain: str) -> Path:
         return self.domain(domain) / "eval"
+
+    def plots(self, domain: str) -> Path:
+        """The evaluation's plots: files of their own, not inside eval/ (dvc.yaml declares each one as a
+        stage plot; a top-level plot inside a directory output breaks `dvc exp run` on a fresh clone)."""
+        return self.domain(domain) / "plots"
 
     def per_unit(self, domain: str) -> Path:
         """The evaluation's per-unit table: slice columns and one `<model>__<metric>` column each."""
@@ -169,7 +179,8 @@ class Paths:
 def datasets_dir(override: str | None = None) -> Path:
     """The folder of the shared real datasets, or a clear error saying what to set.
 
-    Precedence: the params path (data.<domain>.path), then HATCHERY_DATA_DIR, then ../shared/datasets.
+    Precedence: `override`, then HATCHERY_DATA_DIR, then ../shared/datasets. (Ingest reads the folder
+    params.yaml's data.<domain>.path names: DVC tracks it.)
     """
     candidates = (
         [override] if override else [os.environ.get("HATCHERY_DATA_DIR"), str(REPO_ROOT.parent / "shared" / "datasets")]
@@ -200,10 +211,25 @@ def default_artifact_location(paths: Paths | None = None) -> str | None:
     return (paths.root / "mlartifacts").as_uri()
 
 
+def dev_mode() -> bool:
+    """HATCHERY_ENV=dev: the embedded development defaults may stand in for secrets (make run/test/bench)."""
+    return os.environ.get("HATCHERY_ENV", "").strip().lower() == DEV_ENV
+
+
 def pseudonym_salt() -> str:
-    """HATCHERY_PSEUDONYM_SALT, or the development salt with a warning."""
+    """HATCHERY_PSEUDONYM_SALT; in dev mode, the public development salt with a warning; else an error.
+
+    The development salt is in this file for anyone to read: pseudonyms made with it can be reversed by
+    hashing candidate ids, so outside dev mode a missing salt must stop the step, not fall back.
+    """
     salt = os.environ.get("HATCHERY_PSEUDONYM_SALT")
-    if not salt:
-        log.warning("HATCHERY_PSEUDONYM_SALT is not set; using the development salt (set it in production)")
+    if salt:
+        return salt
+    if dev_mode():
+        log.warning("HATCHERY_PSEUDONYM_SALT is not set; using the public development salt (HATCHERY_ENV=dev)")
         return DEV_SALT
-    return salt
+    raise RuntimeError(
+        "HATCHERY_PSEUDONYM_SALT is not set: set it to a long random secret (e.g. `export "
+        "HATCHERY_PSEUDONYM_SALT=$(openssl rand -hex 32)`), the same for ingestion and serving; or set "
+        "HATCHERY_ENV=dev to use the public development salt (make run, make test and make bench do)"
+    )

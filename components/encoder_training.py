@@ -4,7 +4,8 @@ Loss: softmax cross-entropy of each query against a shared candidate set per ste
 product of the batch = in-batch negatives for the other queries, plus per-query hard negatives
 mined from BM25's top results, plus optional random catalog products), with a *soft* target that
 spreads each query's probability over its judged products in proportion to their gain
-(relevance - 1): graded labels shape the target instead of being binarised.
+(data.search.relevance; EVALUATION.md: relevance - 1): graded labels shape the target instead of
+being binarised.
 
 Two product-tower modes:
 - frozen (CPU profile): products keep their cached pretrained embeddings and pass through a trained
@@ -30,6 +31,7 @@ import torch
 
 from components import schema as s
 from components.bm25 import BM25Index, top_k
+from components.config import RelevanceScale
 from components.config_search import TrainingProfile
 from components.encoder import embed_batch
 
@@ -45,7 +47,7 @@ class TrainingQuery:
 
     text: str
     products: np.ndarray  # (m,) int64 judged products
-    gains: np.ndarray  # (m,) float32, relevance - 1
+    gains: np.ndarray  # (m,) float32, the judgment scale's gains (0 = its lowest grade)
     negatives: np.ndarray  # (h,) int64 hard negatives (unjudged)
 
 
@@ -63,7 +65,13 @@ def in_ranker_fold(query_ids: Sequence[str], fraction: float, seed: int) -> np.n
 
 
 def build_training_queries(
-    judgments: pd.DataFrame, product_index: dict[str, int], bm25: BM25Index, hard_negatives: int, pool: int, seed: int
+    judgments: pd.DataFrame,
+    product_index: dict[str, int],
+    bm25: BM25Index,
+    hard_negatives: int,
+    pool: int,
+    seed: int,
+    scale: RelevanceScale | None = None,
 ) -> list[TrainingQuery]:
     """One TrainingQuery per query with at least one positive-gain judged product in the catalog.
 
@@ -77,7 +85,7 @@ def build_training_queries(
             "q": judgments[s.QUERY_ID].astype(str).to_numpy(),
             "text": judgments[s.QUERY].astype(str).to_numpy(),
             "p": pos.to_numpy(),
-            "g": judgments[s.RELEVANCE].to_numpy(dtype=np.float32) - 1.0,
+            "g": (scale or RelevanceScale()).gain_of(judgments[s.RELEVANCE].to_numpy(dtype=np.float32)),
         }
     )
     frame = frame.dropna(subset=["p"]).sort_values(["q", "p"], kind="stable")
@@ -163,7 +171,7 @@ def finetune_encoder(
     """Fine-tune in place; returns (model, adapter weight (dim, dim) or None, per-step history).
 
     profile: the active params profile (epochs, batch, learning rate, negatives, frozen layers);
-    query_max_length / title_max_length: tokens kept per query / product title.
+    query_max_length / title_max_length: tokens kept per query / product text.
     frozen_embeddings: (n_products, dim) pretrained product embeddings for the frozen-tower mode,
     None for the shared-tower mode. resume: a checkpoint dict previously given to save_checkpoint
     ({"step", "model", "adapter", "optimizer"}); training continues at the next step and, with the

@@ -11,11 +11,11 @@ import pandas as pd
 EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
 # Phone numbers need separators between digit groups (or a leading +country code): product
 # titles are full of bare model numbers and dimensions ("36 in. x 80 in.", "HD1650") that a
-# looser pattern would flag.
+# looser pattern would flag. A full stop may end the number (end of a sentence), not continue it.
 PHONE = re.compile(
     r"(?<![\w/.-])(?:\+\d{1,3}[ .-]?\(?\d{1,4}\)?[ .-]\d{3,4}[ .-]\d{3,4}"
     r"|\(\d{3}\)[ .-]?\d{3}[ .-]\d{4}"
-    r"|\d{3}[.-]\d{3}[.-]\d{4})(?![\w/.-])"
+    r"|\d{3}[.-]\d{3}[.-]\d{4})(?![\w/-]|\.\w)"
 )
 
 
@@ -43,3 +43,21 @@ def find_pii(texts: pd.Series) -> pd.Series:
     """Boolean mask of texts containing an e-mail address or a phone number."""
     filled = texts.fillna("").astype(str)
     return filled.str.contains(EMAIL) | filled.str.contains(PHONE)
+
+
+EMAIL_MASK = "[email]"
+PHONE_MASK = "[phone]"
+
+
+def redact_pii(texts: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """(texts with every e-mail address and phone number masked, number of matches per text).
+
+    Missing values stay missing; a text without a match comes back unchanged.
+    """
+    filled = texts.fillna("").astype(str)
+    counts = filled.str.count(EMAIL) + filled.str.count(PHONE)
+    masked = filled.str.replace(EMAIL, EMAIL_MASK, regex=True).str.replace(PHONE, PHONE_MASK, regex=True)
+    out = texts.copy()
+    hit = counts > 0
+    out[hit] = masked[hit]
+    return out, counts.astype(int)

@@ -8,6 +8,7 @@ their own data in this schema gets the whole lifecycle unchanged. Ids are string
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pandas as pd
@@ -100,6 +101,28 @@ TABLES: dict[str, tuple[Column, ...]] = {
 }
 
 EVENT_TYPES = ("purchase", "click", "view", "add_to_cart")
+
+# Catalog columns that can make a product's searchable text (search.text_fields picks and orders them).
+TEXT_FIELDS = (TITLE, BRAND, CATEGORY, DESCRIPTION)
+
+
+def text_fields_present(catalog: pd.DataFrame, fields: Sequence[str]) -> list[str]:
+    """The configured text fields this catalog has with at least one non-empty value, in the given order."""
+    return [f for f in fields if f in catalog.columns and catalog[f].fillna("").astype(str).str.len().gt(0).any()]
+
+
+def product_texts(catalog: pd.DataFrame, fields: Sequence[str] = (TITLE,)) -> list[str]:
+    """One text per product: its non-empty `fields` joined by a space, in catalog order.
+
+    A catalog with titles only gets exactly its titles back (EVALUATION.md's product text), so
+    adding fields to the configuration changes nothing for it.
+    """
+    present = text_fields_present(catalog, fields)
+    if not present:
+        return [""] * len(catalog)
+    columns = [catalog[f].fillna("").astype(str).tolist() for f in present]
+    return [" ".join(v for v in values if v) for values in zip(*columns, strict=True)]
+
 
 _WHITESPACE = re.compile(r"\s+")
 

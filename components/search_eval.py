@@ -14,36 +14,42 @@ import pandas as pd
 
 from components import schema as s
 from components.bm25 import tokenize
+from components.config import RelevanceScale
 from components.metrics import expected_random_ndcg_at_k, ndcg_at_k, recall_at_k, rerank_order, summarize
 
 NDCG_K = 10
 RECALL_K = 100
-RELEVANT_AT = 2.5  # EVALUATION.md: relevant for Recall@100 means relevance >= 2.5
 HEAD_MIN_QUERIES = 20  # a query is "head" when its rarest token occurs in at least this many train queries
 
 
-def judged_gains(judgments: pd.DataFrame) -> dict[str, dict[str, float]]:
-    """query_id -> {product_id: gain = relevance - 1}."""
-    gain = judgments[s.RELEVANCE].astype(float) - 1.0
+def judged_gains(judgments: pd.DataFrame, scale: RelevanceScale | None = None) -> dict[str, dict[str, float]]:
+    """query_id -> {product_id: gain}; the gain comes from the judgment scale (default EVALUATION.md's:
+    relevance - 1)."""
+    gain = (scale or RelevanceScale()).gain_of(judgments[s.RELEVANCE].astype(float))
     out: dict[str, dict[str, float]] = {}
     for q, p, g in zip(judgments[s.QUERY_ID].astype(str), judgments[s.PRODUCT_ID].astype(str), gain, strict=True):
         out.setdefault(q, {})[p] = float(g)
     return out
 
 
-def relevant_sets(gains: Mapping[str, Mapping[str, float]]) -> dict[str, set[str]]:
-    """query_id -> products with relevance >= 2.5 (gain >= 1.5)."""
-    return {q: {p for p, g in pg.items() if g + 1.0 >= RELEVANT_AT} for q, pg in gains.items()}
+def relevant_sets(gains: Mapping[str, Mapping[str, float]], scale: RelevanceScale | None = None) -> dict[str, set[str]]:
+    """query_id -> products graded at or above the scale's relevant_from (EVALUATION.md: relevance >= 2.5)."""
+    at = (scale or RelevanceScale()).relevant_gain
+    return {q: {p for p, g in pg.items() if g >= at} for q, pg in gains.items()}
 
 
 def full_catalog_metrics(
-    query_ids: Sequence[str], rankings: Sequence[Sequence[str]], gains: Mapping[str, Mapping[str, float]]
+    query_ids: Sequence[str],
+    rankings: Sequence[Sequence[str]],
+    gains: Mapping[str, Mapping[str, float]],
+    scale: RelevanceScale | None = None,
 ) -> pd.DataFrame:
     """Per query: ndcg_at_10 and recall_at_100 of a full-catalog ranking (product ids best first).
 
-    A ranking needs at least its top 100; NaN where the protocol skips the query.
+    `gains` as judged_gains gives them for the same `scale`. A ranking needs at least its top 100;
+    NaN where the protocol skips the query.
     """
-    relevant = relevant_sets(gains)
+    relevant = relevant_sets(gains, scale)
     rows = []
     for q, ranked in zip(query_ids, rankings, strict=True):
         g = gains.get(q, {})

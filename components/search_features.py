@@ -16,22 +16,25 @@ import pandas as pd
 
 from components import schema as s
 from components.bm25 import tokenize
+from components.config import RelevanceScale
 
+# "Text" is the product text of search.text_fields (a titles-only catalog: the title, EVALUATION.md);
+# the names keep "title" so bundles and explanations read the same whatever the catalog has.
 FEATURE_NAMES: tuple[str, ...] = (
-    "bm25",  # title BM25 (EVALUATION.md's baseline score)
+    "bm25",  # BM25 of the product text (EVALUATION.md's baseline score)
     "bm25_rel",  # bm25 / the query's best bm25 over the catalog (0..1)
-    "bm25_expanded",  # BM25 over title + train queries judged relevant for the product
+    "bm25_expanded",  # BM25 over the text + train queries judged relevant for the product
     "bm25_expanded_rel",
     "dense",  # cosine of the fine-tuned query and product embeddings
     "dense_gap",  # dense - the query's best dense score over the catalog (<= 0, up to ANN error)
     "query_tokens",
-    "title_tokens",
-    "overlap",  # share of query tokens found in the title (0..1)
-    "all_tokens_match",  # 1 if every query token is in the title
-    "last_token_match",  # the query's last token (usually the product type) is in the title
-    "numeric_overlap",  # share of the query's number tokens in the title; NaN if it has none
+    "title_tokens",  # tokens of the product text
+    "overlap",  # share of query tokens found in the text (0..1)
+    "all_tokens_match",  # 1 if every query token is in the text
+    "last_token_match",  # the query's last token (usually the product type) is in the text
+    "numeric_overlap",  # share of the query's number tokens in the text; NaN if it has none
     "prior_count",  # train judgments of the product (out of fold for ranker rows)
-    "prior_mean_gain",  # mean gain (relevance - 1) of those judgments; NaN if none
+    "prior_mean_gain",  # mean gain (data.search.relevance) of those judgments; NaN if none
     "prior_max_gain",
     "price",  # product attribute where present, else NaN
 )
@@ -54,14 +57,16 @@ class ProductPriors:
         return {"count": self.count, "mean_gain": self.mean_gain, "max_gain": self.max_gain}
 
 
-def product_priors(judgments: pd.DataFrame, product_ids: Sequence[str]) -> ProductPriors:
+def product_priors(
+    judgments: pd.DataFrame, product_ids: Sequence[str], scale: RelevanceScale | None = None
+) -> ProductPriors:
     """Count, mean and max gain of each catalog product's judgments (products not judged: 0, NaN, NaN)."""
     n = len(product_ids)
     priors = ProductPriors.empty(n)
     if judgments.empty:
         return priors
     pos = pd.Series(np.arange(n), index=pd.Index(pd.Series(product_ids, dtype=str)))
-    gain = judgments[s.RELEVANCE].astype(float) - 1.0
+    gain = (scale or RelevanceScale()).gain_of(judgments[s.RELEVANCE].astype(float))
     stats = gain.groupby(judgments[s.PRODUCT_ID].astype(str)).agg(["count", "mean", "max"])
     stats = stats[stats.index.isin(pos.index)]
     idx = pos.loc[stats.index].to_numpy()
@@ -72,16 +77,16 @@ def product_priors(judgments: pd.DataFrame, product_ids: Sequence[str]) -> Produ
 
 
 def expanded_texts(
-    titles: Sequence[str], product_ids: Sequence[str], judgments: pd.DataFrame, min_relevance: float
+    texts: Sequence[str], product_ids: Sequence[str], judgments: pd.DataFrame, min_relevance: float
 ) -> list[str]:
-    """Each title followed by the train queries that judged the product at >= min_relevance (doc2query-style)."""
+    """Each product text followed by the train queries that judged it at >= min_relevance (doc2query-style)."""
     good = judgments[judgments[s.RELEVANCE] >= min_relevance]
     extra = good.groupby(good[s.PRODUCT_ID].astype(str))[s.QUERY].agg(" ".join)
-    return [f"{t or ''} {extra.get(str(p), '')}".strip() for t, p in zip(titles, product_ids, strict=True)]
+    return [f"{t or ''} {extra.get(str(p), '')}".strip() for t, p in zip(texts, product_ids, strict=True)]
 
 
-def title_token_sets(titles: Sequence[str]) -> list[frozenset[str]]:
-    return [frozenset(tokenize(t)) for t in titles]
+def text_token_sets(texts: Sequence[str]) -> list[frozenset[str]]:
+    return [frozenset(tokenize(t)) for t in texts]
 
 
 def pair_features(
@@ -148,11 +153,15 @@ def rrf_merge(rankings: Sequence[np.ndarray], k: int = 60) -> tuple[np.ndarray, 
     return np.array([i for i, _ in items], dtype=np.int64), np.array([v for _, v in items])
 
 
-def gains_to_labels(gain: np.ndarray, levels: int) -> np.ndarray:
-    """Continuous gains 0..2 -> integer grades 0..levels-1 (LightGBM needs integers)."""
-    return np.clip(np.rint(np.asarray(gain, dtype=float) * (levels - 1) / 2.0), 0, levels - 1).astype(np.int32)
+def gains_to_labels(gain: np.ndarray, levels: int, max_gain: float = 2.0) -> np.ndarray:
+    """Continuous gains 0..max_gain -> integer grades 0..levels-1 (LightGBM needs integers).
+
+    max_gain: the judgment scale's (RelevanceScale.max_gain; EVALUATION.md's 1..3 scale: 2), so the
+    top grade of any scale gets the top label and no two grades share one when levels allow.
+    """
+    return np.clip(np.rint(np.asarray(gain, dtype=float) * (levels - 1) / max_gain), 0, levels - 1).astype(np.int32)
 
 
-def linear_label_gain(levels: int) -> tuple[float, ...]:
-    """LightGBM label_gain making grade g worth its gain 2g/(levels-1): linear, as EVALUATION.md."""
-    return tuple(2.0 * g / (levels - 1) for g in range(levels))
+def linear_label_gain(levels: int, max_gain: float = 2.0) -> tuple[float, ...]:
+    """LightGBM label_gain making grade g worth its gain max_gain * g / (levels-1): linear, as EVALUATION.md."""
+    return tuple(max_gain * g / (levels - 1) for g in range(levels))

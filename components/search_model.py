@@ -8,7 +8,7 @@ Defined behaviour at the edges:
 - very long query: cut to MAX_QUERY_CHARS characters, then the encoder truncates to its max length;
 - query of only stop words or symbols: BM25 finds nothing (scores 0) but the dense tower still
   embeds the text, so results come from the ANN candidates;
-- products with empty titles: BM25 0, embedded as a single space, returned with title "";
+- products with empty text: BM25 0, embedded as a single space, returned with their title ("" if none);
 - non-ASCII text: BM25 keeps ASCII letters/digits only (EVALUATION.md), the encoder sees all of it;
 - catalog smaller than k: every product is returned, ranked (len(result) = catalog size).
 """
@@ -22,7 +22,7 @@ import numpy as np
 
 from components.ann import search_index
 from components.bm25 import BM25Index, tokenize, top_k
-from components.search_features import FEATURE_NAMES, ProductPriors, pair_features, title_token_sets
+from components.search_features import FEATURE_NAMES, ProductPriors, pair_features, text_token_sets
 
 MAX_QUERY_CHARS = 256
 
@@ -31,7 +31,10 @@ MAX_QUERY_CHARS = 256
 class SearchModel:
     """Loaded parts of the search bundle. Build it with artifacts.bundles.load_bundle("search", folder).
 
-    product_ids, titles: the catalog order every array below follows (n products).
+    product_ids, titles: the catalog order every array below follows (n products); titles are what
+        results show.
+    texts: the product texts BM25 and the token features read (search.text_fields joined; the
+        titles when None, as for a titles-only catalog).
     embeddings: (n, dim) float32 unit rows, the product tower's output (the index holds the same rows).
     encoder, tokenizer: the query tower (a transformers model with mean pooling).
     query_runtime: the same tower exported to ONNX (components.onnx_tower.OnnxQueryTower), used for
@@ -55,13 +58,15 @@ class SearchModel:
     rrf_k: int = 60
     feature_names: tuple[str, ...] = FEATURE_NAMES
     query_runtime: object | None = None
+    texts: list[str] | None = None
     _token_sets: list = field(default=None, repr=False)
     _title_lengths: np.ndarray = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.titles = ["" if t is None else str(t) for t in self.titles]
-        self._token_sets = title_token_sets(self.titles)
-        self._title_lengths = np.array([len(tokenize(t)) for t in self.titles], dtype=np.float32)
+        self.texts = self.titles if self.texts is None else ["" if t is None else str(t) for t in self.texts]
+        self._token_sets = text_token_sets(self.texts)
+        self._title_lengths = np.array([len(tokenize(t)) for t in self.texts], dtype=np.float32)
 
     @property
     def n_products(self) -> int:

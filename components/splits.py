@@ -49,16 +49,18 @@ class TemporalFold:
 
 
 def temporal_folds(
-    events: pd.DataFrame, test_cutoff: datetime | None, valid_cutoff: datetime | None
+    events: pd.DataFrame, test_cutoff: datetime | None, valid_cutoff: datetime | None, window_days: int = 30
 ) -> tuple[TemporalFold, TemporalFold]:
-    """The validation fold (one month earlier, window up to the test cutoff) and the test fold.
+    """The validation fold (window up to the test cutoff) and the test fold (window to the end).
 
-    With no cutoffs given (a user's own data), test = the last 30 days and valid = the 31 before.
+    With no cutoffs given (data.recommend.test_cutoff / valid_cutoff null): the data's own dates, the
+    test window its last `window_days` days (counted from the midnight after its last event) and the
+    validation window the `window_days` before them.
     """
     if test_cutoff is None:
         last = pd.Timestamp(events[s.TIMESTAMP].max()).to_pydatetime()
-        test_cutoff = datetime(last.year, last.month, last.day) - timedelta(days=30)
-        valid_cutoff = test_cutoff - timedelta(days=31)
+        test_cutoff = datetime(last.year, last.month, last.day) + timedelta(days=1) - timedelta(days=window_days)
+        valid_cutoff = test_cutoff - timedelta(days=window_days)
     # The valid window stops just before the test cutoff, so no test-window event is seen in selection.
     valid = TemporalFold("valid", valid_cutoff, test_cutoff - timedelta(microseconds=1))
     return valid, TemporalFold("test", test_cutoff, None)

@@ -32,10 +32,13 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def run_checks(checked: list[contracts.CheckedFrame], report_dir: Path, sample_rows: int) -> dict[str, Any]:
+def run_checks(
+    checked: list[contracts.CheckedFrame], report_dir: Path, sample_rows: int, notes: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Validate each frame against its expectations; write Data Docs and results.json to report_dir.
 
-    Returns the machine-readable result: {"success": bool, "suites": {name: {...}}, "failures": [...]}.
+    Returns the machine-readable result: {"success": bool, "suites": {name: {...}}, "failures": [...]},
+    plus `notes` as they were given (e.g. the redactions the validate step made before checking).
     """
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -53,7 +56,7 @@ def run_checks(checked: list[contracts.CheckedFrame], report_dir: Path, sample_r
             },
         )
         source = ctx.data_sources.add_pandas("hatchery")
-        result: dict[str, Any] = {"success": True, "suites": {}, "failures": []}
+        result: dict[str, Any] = {"success": True, "suites": {}, "failures": [], **(notes or {})}
         for item in checked:
             batch = source.add_dataframe_asset(item.name).add_batch_definition_whole_dataframe(item.name)
             suite = ctx.suites.add(gx.ExpectationSuite(name=item.name))
@@ -82,6 +85,8 @@ def run_checks(checked: list[contracts.CheckedFrame], report_dir: Path, sample_r
                         "observed_value": _jsonable(r.result.get("observed_value")),
                         "unexpected_count": r.result.get("unexpected_count"),
                     }
+                    if (cfg.meta or {}).get("hint"):
+                        entry["hint"] = cfg.meta["hint"]
                     if r.exception_info and r.exception_info.get("raised_exception"):
                         entry["success"] = False
                         entry["error"] = r.exception_info.get("exception_message")
@@ -115,6 +120,8 @@ def summarize_failures(result: dict[str, Any], title: str) -> str:
         lines.append(f"  - {f['suite']}: {f['expectation']} on {column} {_bounds(f['kwargs'])}: {detail}")
         for row in f.get("sample_rows", [])[:3]:
             lines.append(f"      e.g. {row}")
+        if f.get("hint"):
+            lines.append(f"      -> {f['hint']}")
     return "\n".join(lines)
 
 

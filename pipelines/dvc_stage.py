@@ -11,6 +11,8 @@ elsewhere, the end-to-end test) the run gets a mirror workspace at
 applied, its own data/, models/ and dvc.lock, and — under the repository — the repository's DVC
 cache. The repository's params.yaml is never edited, and the same overrides always land in the
 same workspace, so their outputs are reused too. MLflow stays the one store of HATCHERY_HOME.
+Before a workspace is prepared, the others unused for HATCHERY_WORKSPACE_TTL_DAYS (default 14) are
+removed, and leftovers of interrupted writes are swept (artifacts.files.sweep_outputs).
 
 Usage: python -m pipelines.dvc_stage <stage> [key=value ...]
 """
@@ -30,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from artifacts.files import sweep_outputs
 from artifacts.paths import REPO_ROOT, Paths, datasets_dir, tracking_uri
 from components.config import apply_overrides, parse_params
 
@@ -85,6 +88,7 @@ def prepare_workspace(overrides: dict[str, Any] | None = None, base: Paths | Non
     if root == REPO_ROOT:
         return root
     root.mkdir(parents=True, exist_ok=True)
+    os.utime(root)  # "last used": what the workspace sweep ages by
     # Code is re-copied every time: DVC hashes content, so an unchanged copy keeps every stage cached.
     for name in CODE_DIRS:
         src = REPO_ROOT / name
@@ -99,6 +103,10 @@ def prepare_workspace(overrides: dict[str, Any] | None = None, base: Paths | Non
     raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text()) or {}
     merged = apply_overrides(raw, overrides or {})
     parse_params(merged)  # a bad override fails here, naming its key, before DVC runs anything
+    for domain in (merged.get("data") or {}).values():
+        # data.<domain>.path is relative to the repository (DVC reads it for ingest's deps): keep it so.
+        if isinstance(domain, dict) and domain.get("path") and not Path(domain["path"]).expanduser().is_absolute():
+            domain["path"] = str((REPO_ROOT / domain["path"]).resolve())
     params_text = yaml.safe_dump(merged, sort_keys=False)
     params_path = root / "params.yaml"
     if not params_path.exists() or params_path.read_text() != params_text:
@@ -167,6 +175,7 @@ def run_stage(
     Returns {"stage", "workspace", "ran": bool} — ran is False when DVC found everything cached.
     """
     base = base or Paths()
+    sweep_outputs(base, keep_workspaces=(workspace_key(overrides),))
     root = prepare_workspace(overrides, base)
     known = stage_names(root)
     if stage not in known:

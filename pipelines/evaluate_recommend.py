@@ -7,7 +7,7 @@ the same history before T. Full ranking over every item bought before T, purchas
 Outputs:
   metrics/recommend.json                  {"primary", "models": {name: {...}}, "slices", ...}
   models/recommend/eval/per_user.parquet  user_id, buyer_segment, <model>__recall_at_20, <model>__ndcg_at_20
-  models/recommend/eval/*.png             plots (also MLflow artifacts)
+  models/recommend/plots/*.png            plots (dvc.yaml declares them; also MLflow artifacts)
 
 buyer_segment: "heavy" = at least HEAVY_MIN_BASKETS (5) distinct baskets before T, else "light".
 """
@@ -62,7 +62,7 @@ def _plots(reports: dict[str, RankingReport], summaries: dict[str, dict], slices
         )
         ax.set_xlabel(f"{metric} (95% bootstrap CI)")
         ax.invert_yaxis()
-    fig.suptitle("Online Retail test fold: every model and baseline")
+    fig.suptitle("test fold: every model and baseline")
     fig.tight_layout()
     fig.savefig(out / "models.png", dpi=100)
     files.append(out / "models.png")
@@ -154,6 +154,7 @@ def run(params: Params, paths: Paths) -> dict:
             per_user[s.unit_column(name, "ndcg_at_20")] = rep.ndcg
         with staged_dir(paths.eval("recommend")) as out:
             per_user.to_parquet(out / paths.per_unit("recommend").name, index=False)
+        with staged_dir(paths.plots("recommend")) as out:
             plots = _plots(reports, summaries, slices, out)
             names = [p.name for p in plots]
         write_json(paths.metrics / "recommend.json", payload)
@@ -170,7 +171,7 @@ def run(params: Params, paths: Paths) -> dict:
                 flat[f"{m}_{seg}_recall_at_20"], flat[f"{m}_{seg}_ndcg_at_20"] = d["recall_at_20"], d["ndcg_at_20"]
         mlflow.log_metrics(flat)
         for n in names:
-            mlflow.log_artifact(str(paths.eval("recommend") / n), "plots")
+            mlflow.log_artifact(str(paths.plots("recommend") / n), "plots")
         mlflow.log_dict(payload, "recommend.json")
         log.info(
             "test: %s Recall@20 %.4f %s NDCG@20 %.4f | own_frequency %.4f / %.4f",

@@ -2,7 +2,7 @@
 
 Models (names as in metrics/search.json):
   random               re-rank only: the exact expected NDCG@10 of a random order of judged products
-  bm25                 title BM25, k1 = 1.2, b = 0.75 (EVALUATION.md's baseline)
+  bm25                 BM25 of the product text (search.text_fields; Home Depot: titles), k1 = 1.2, b = 0.75
   zero_shot            the pretrained encoder, exact cosine search over its cached catalog embeddings
   rrf_bm25_zero_shot   reciprocal-rank fusion (k = rrf_k) of the two baselines' full rankings
   fine_tuned           the fine-tuned two-tower encoder alone, exact cosine search
@@ -11,7 +11,8 @@ Models (names as in metrics/search.json):
 Outputs:
   metrics/search.json                 {"primary": ..., "models": {name: {ndcg_at_10, _ci, recall_at_100, ...}}}
   models/search/eval/per_query.parquet  per test query: slices and <model>__<metric> (NaN where skipped)
-  models/search/eval/*.png, slices.json plots and slice means (also MLflow artifacts)
+  models/search/eval/slices.json       slice means
+  models/search/plots/*.png            plots (dvc.yaml declares them; also MLflow artifacts)
 
 Slices: query_length "1", "2", "3", "4+" words; head_tail "head" when every token of the query occurs
 in at least 20 distinct train queries, else "tail" (components.search_eval.head_or_tail).
@@ -65,13 +66,13 @@ def run(params: Params, paths: Paths) -> dict:
         token_query_counts,
     )
 
-    sp = params.search
+    sp, scale = params.search, params.data.search.relevance
     test = pd.read_parquet(paths.split / "search" / "test.parquet")
     train = pd.read_parquet(paths.split / "search" / "train.parquet")
     model = load_search_bundle(paths.bundle("search"))
     pid = model.product_ids.astype(str)
     pos = {p: i for i, p in enumerate(pid)}
-    gains = judged_gains(test)
+    gains = judged_gains(test, scale)
     qframe = test.groupby(s.QUERY_ID, sort=True)[s.QUERY].first()
     qids, texts = qframe.index.astype(str).tolist(), qframe.astype(str).tolist()
     judged_idx = [np.array([pos[p] for p in sorted(gains[q]) if p in pos], dtype=np.int64) for q in qids]
@@ -134,7 +135,7 @@ def run(params: Params, paths: Paths) -> dict:
             **summarize_metrics({"rerank_ndcg_at_10": rnd}, sp.bootstrap_resamples, sp.eval_seed),
         }
         for name in ("bm25", "zero_shot", "rrf_bm25_zero_shot", "fine_tuned", PRIMARY):
-            full = full_catalog_metrics(qids, rankings[name], gains)
+            full = full_catalog_metrics(qids, rankings[name], gains, scale)
             rr = rerank_ndcg(qids, judged_scores[name], gains)
             per_query[s.unit_column(name, "ndcg_at_10")] = full["ndcg_at_10"].to_numpy()
             per_query[s.unit_column(name, "recall_at_100")] = full["recall_at_100"].to_numpy()
@@ -156,6 +157,7 @@ def run(params: Params, paths: Paths) -> dict:
         with staged_dir(paths.eval("search")) as out:
             per_query.to_parquet(out / paths.per_unit("search").name, index=False)
             write_json(out / "slices.json", slices)
+        with staged_dir(paths.plots("search")) as out:
             _plot_models(summary, out / "metrics_by_model.png")
             _plot_slices(slices, out / "metrics_by_slice.png")
         for name, m in summary.items():
@@ -163,6 +165,7 @@ def run(params: Params, paths: Paths) -> dict:
                 {f"{name}.{k}": v for k, v in m.items() if isinstance(v, int | float) and not k.endswith("_n")}
             )
         mlflow.log_artifacts(str(paths.eval("search")), artifact_path="eval")
+        mlflow.log_artifacts(str(paths.plots("search")), artifact_path="eval")
         mlflow.log_metrics(timings)
         for name in summary:
             m = summary[name]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from artifacts.files import staged_dir
-from artifacts.paths import Paths, datasets_dir, pseudonym_salt
+from artifacts.paths import REPO_ROOT, Paths, pseudonym_salt
 from components import schema as s
 from components.adapters import adapt_homedepot, adapt_online_retail
 from components.config import Params, SourceParams
@@ -25,41 +25,55 @@ log = logging.getLogger(__name__)
 STEP = "ingest"
 
 
-def load_domain(domain: str, source: SourceParams, salt: str) -> dict[str, pd.DataFrame]:
-    """Canonical tables of one domain ("search" or "recommend") from its configured source."""
-    tables_needed = s.SEARCH_TABLES if domain == "search" else s.RECOMMEND_TABLES
-    if source.source == "canonical":
-        folder = Path(source.path).expanduser()
-        if not folder.is_dir():
-            raise FileNotFoundError(f"data.{domain}.path {folder} is not a folder")
-        tables = {name: read_table(folder, name) for name in tables_needed}
-        if s.EVENTS in tables:
-            # Users bring raw ids; only pseudonyms ever leave ingestion.
-            tables[s.EVENTS] = tables[s.EVENTS].assign(**{s.USER_ID: pseudonymize(tables[s.EVENTS][s.USER_ID], salt)})
-        return tables
-    root = datasets_dir(source.path)
-    if source.source == "homedepot":
-        raw = pd.read_csv(root / "homedepot" / "train.csv.zip", encoding="latin-1")
-        tables = adapt_homedepot(raw)
-    else:
-        raw = pd.read_parquet(root / "online_retail" / "online_retail.parquet")
-        tables = adapt_online_retail(raw, salt)
-    missing = set(tables_needed) - set(tables)
-    if missing:
-        raise ValueError(f"source {source.source!r} cannot feed the {domain} domain: it lacks {sorted(missing)}")
-    return {name: tables[name] for name in tables_needed}
+# The file each built-in source reads, inside its dataset folder.
+SHIPPED_FILES = {"homedepot": "train.csv.zip", "online_retail": "online_retail.parquet"}
+
+
+def data_folder(domain: str, source: SourceParams) -> Path:
+    """The folder `data.<domain>.path` names (relative to the project root), checked to exist."""
+    folder = Path(source.path).expanduser()
+    folder = folder if folder.is_absolute() else REPO_ROOT / folder
+    if not folder.is_dir():
+        what = (
+            "a folder of catalog/queries/judgments/events .parquet or .csv files"
+            if source.source == "canonical"
+            else f"the folder holding {source.source}'s {SHIPPED_FILES[source.source]}"
+        )
+        raise FileNotFoundError(f"data.{domain}.path: {source.path} ({folder}) is not a folder; set it to {what}")
+    return folder
 
 
 def source_files(domain: str, source: SourceParams) -> Path:
     """The file or folder a domain is read from (its data version is the hash of this)."""
+    folder = data_folder(domain, source)
     if source.source == "canonical":
-        return Path(source.path).expanduser()
-    root = datasets_dir(source.path)
-    return (
-        root / "homedepot" / "train.csv.zip"
-        if source.source == "homedepot"
-        else root / "online_retail" / "online_retail.parquet"
-    )
+        return folder
+    name = SHIPPED_FILES[source.source]
+    # The dataset's own folder, or a folder holding it under the source's name (../shared/datasets).
+    for path in (folder / name, folder / source.source / name):
+        if path.exists():
+            return path
+    raise FileNotFoundError(f"data.{domain}.path: {folder} holds neither {name} nor {source.source}/{name}")
+
+
+def load_domain(domain: str, source: SourceParams, salt: str) -> dict[str, pd.DataFrame]:
+    """Canonical tables of one domain ("search" or "recommend") from its configured source."""
+    tables_needed = s.SEARCH_TABLES if domain == "search" else s.RECOMMEND_TABLES
+    path = source_files(domain, source)
+    if source.source == "canonical":
+        tables = {name: read_table(path, name) for name in tables_needed}
+        if s.EVENTS in tables:
+            # Users bring raw ids; only pseudonyms ever leave ingestion.
+            tables[s.EVENTS] = tables[s.EVENTS].assign(**{s.USER_ID: pseudonymize(tables[s.EVENTS][s.USER_ID], salt)})
+        return tables
+    if source.source == "homedepot":
+        tables = adapt_homedepot(pd.read_csv(path, encoding="latin-1"))
+    else:
+        tables = adapt_online_retail(pd.read_parquet(path), salt)
+    missing = set(tables_needed) - set(tables)
+    if missing:
+        raise ValueError(f"source {source.source!r} cannot feed the {domain} domain: it lacks {sorted(missing)}")
+    return {name: tables[name] for name in tables_needed}
 
 
 def run(params: Params, paths: Paths) -> dict[str, dict[str, int]]:
@@ -81,8 +95,17 @@ def run(params: Params, paths: Paths) -> dict[str, dict[str, int]]:
     return counts
 
 
-if __name__ == "__main__":
+def main() -> int:
     from pipelines.common import configure_logging
 
     configure_logging()
-    run(load_params(), Paths())
+    try:
+        run(load_params(), Paths())
+    except (FileNotFoundError, s.SchemaError) as exc:  # what to fix is in the message: no traceback
+        log.error("%s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -20,7 +20,7 @@ from components import contracts
 from components import schema as s
 from components.config import Params
 from components.splits import split_events, split_judgments, split_queries, temporal_folds
-from pipelines.checks import enforce, run_checks
+from pipelines.checks import DataCheckError, enforce, run_checks
 from pipelines.common import load_params, mlflow_run
 from pipelines.io import read_tables
 
@@ -40,10 +40,19 @@ def check_search_split(
     enforce(result, "search split checks failed", report_dir)
 
 
-def check_recommend_split(params: Params, paths: Paths, folds, pieces) -> None:
-    """Split-integrity suites for recommendation (no test-window event in training history)."""
+def check_recommend_split(params: Params, paths: Paths, folds, pieces, events: pd.DataFrame | None = None) -> None:
+    """Recommendation split suites: each cutoff inside the data's date range (when `events` are given),
+    then no test-window event in training history and no empty side. Raises DataCheckError."""
     report_dir = paths.data_checks("recommend_split")
-    result = run_checks(contracts.recommend_split_checks(folds, pieces), report_dir, params.checks.failed_rows_sample)
+    checked = []
+    if events is not None:
+        cutoffs = contracts.recommend_cutoff_check(events, folds, params.split.recommend_window_days)
+        checked.append(cutoffs)
+        if not cutoffs.frame[contracts.CUTOFF_INSIDE].all():
+            pieces = None  # a cutoff outside the data: its empty sides would only repeat the message
+    if pieces is not None:
+        checked += contracts.recommend_split_checks(folds, pieces)
+    result = run_checks(checked, report_dir, params.checks.failed_rows_sample)
     enforce(result, "recommendation split checks failed", report_dir)
 
 
@@ -51,7 +60,7 @@ def run(params: Params, paths: Paths) -> dict[str, int]:
     """Write both domains' splits; a failed split check raises and publishes nothing."""
     sp = params.split
     counts: dict[str, int] = {}
-    with mlflow_run(STEP, params, paths, inputs=[paths.validated], sections=("split",)) as _:
+    with mlflow_run(STEP, params, paths, inputs=[paths.validated], sections=("split", "data")) as _:
         import mlflow
 
         search = read_tables(paths.validated / "search", (s.QUERIES, s.JUDGMENTS))
@@ -68,9 +77,10 @@ def run(params: Params, paths: Paths) -> dict[str, int]:
                 counts[f"search.{name}.judgments"] = len(frame)
 
         events = read_tables(paths.validated / "recommend", (s.EVENTS,))[s.EVENTS]
-        folds = temporal_folds(events, sp.recommend_test_cutoff, sp.recommend_valid_cutoff)
+        rec = params.data.recommend
+        folds = temporal_folds(events, rec.test_cutoff, rec.valid_cutoff, sp.recommend_window_days)
         pieces = {fold.name: split_events(events, fold) for fold in folds}
-        check_recommend_split(params, paths, folds, pieces)
+        check_recommend_split(params, paths, folds, pieces, events)
         with staged_dir(paths.split / "recommend") as out:
             for fold in folds:
                 history, window = pieces[fold.name]
@@ -91,8 +101,17 @@ def run(params: Params, paths: Paths) -> dict[str, int]:
     return counts
 
 
-if __name__ == "__main__":
+def main() -> int:
     from pipelines.common import configure_logging
 
     configure_logging()
-    run(load_params(), Paths())
+    try:
+        run(load_params(), Paths())
+    except DataCheckError as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -112,7 +112,7 @@ def run(params: Params, paths: Paths, progress: bool = True) -> dict:
 
     catalog = read_table(paths.validated / "search", s.CATALOG)
     product_ids = catalog[s.PRODUCT_ID].astype(str).tolist()
-    titles = catalog[s.TITLE].fillna("").astype(str).tolist()
+    texts = s.product_texts(catalog, sp.text_fields)
     train = pd_read(paths.split / "search" / "train.parquet")
     fold = in_ranker_fold(train[s.QUERY_ID].astype(str).tolist(), sp.ranker_fraction, params.seed)
     encoder_rows = train[~fold]
@@ -120,8 +120,10 @@ def run(params: Params, paths: Paths, progress: bool = True) -> dict:
         keep = sorted(encoder_rows[s.QUERY_ID].unique())[: tp.max_queries]
         encoder_rows = encoder_rows[encoder_rows[s.QUERY_ID].isin(keep)]
     index = {p: i for i, p in enumerate(product_ids)}
-    bm25 = fit_bm25(titles, sp.bm25_k1, sp.bm25_b)
-    queries = build_training_queries(encoder_rows, index, bm25, tp.hard_negatives, tp.hard_negative_pool, params.seed)
+    bm25 = fit_bm25(texts, sp.bm25_k1, sp.bm25_b)
+    queries = build_training_queries(
+        encoder_rows, index, bm25, tp.hard_negatives, tp.hard_negative_pool, params.seed, params.data.search.relevance
+    )
 
     cached = paths.embeddings
     frozen = None
@@ -152,13 +154,13 @@ def run(params: Params, paths: Paths, progress: bool = True) -> dict:
             model,
             tokenizer,
             queries,
-            titles,
+            texts,
             frozen,
             tp,
             device,
             params.seed,
             query_max_length=sp.query_max_length,
-            title_max_length=sp.title_max_length,
+            title_max_length=sp.text_max_length,
             resume=resume,
             save_checkpoint=lambda st: _save_checkpoint(ckpt, st),
             progress=progress,
@@ -177,7 +179,7 @@ def run(params: Params, paths: Paths, progress: bool = True) -> dict:
         if adapter is not None:
             product_emb = apply_adapter(frozen, adapter)
         else:
-            product_emb = encode_texts(model, tokenizer, titles, tp.encode_batch_size, sp.title_max_length, device)
+            product_emb = encode_texts(model, tokenizer, texts, tp.encode_batch_size, sp.text_max_length, device)
         embed_seconds = time.perf_counter() - start
         meta = {
             "encoder": sp.encoder,
@@ -190,7 +192,7 @@ def run(params: Params, paths: Paths, progress: bool = True) -> dict:
             "embed_seconds": round(embed_seconds, 1),
             "product_tower": "trained" if adapter is None else "frozen+adapter",
             "query_max_length": sp.query_max_length,
-            "title_max_length": sp.title_max_length,
+            "text_max_length": sp.text_max_length,
             "final_loss": float(np.mean([h["loss"] for h in history[-20:]])) if history else None,
             "budget": deadline.summary(),
         }

@@ -2,7 +2,7 @@
 
 Training rows mirror the full-catalog test: for each query of the ranker's fold of TRAIN (held out
 from the encoder), the candidates the SearchModel retrieves (BM25 ∪ expanded BM25 ∪ dense ANN),
-labelled with their judged gain, unjudged candidates gain 0. Their product priors and expanded
+labelled with their judged gain (data.search.relevance), unjudged candidates gain 0. Their product priors and expanded
 texts come from the other train queries only (out of fold). Early stopping on VALID queries, whose
 features use priors from all of train, exactly as test and serving do.
 
@@ -21,7 +21,7 @@ import pandas as pd
 from artifacts.files import staged_dir, write_json
 from artifacts.paths import Paths
 from components import schema as s
-from components.config import Params
+from components.config import Params, RelevanceScale
 from pipelines.budget import lightgbm_budget_callback, training_deadline
 from pipelines.common import load_params, mlflow_run
 from pipelines.io import read_table
@@ -39,21 +39,22 @@ def assemble_model(
     from components.search_features import expanded_texts, product_priors
     from components.search_model import SearchModel
 
-    sp = params.search
+    sp, scale = params.search, params.data.search.relevance
     product_ids = catalog[s.PRODUCT_ID].astype(str).tolist()
     titles = catalog[s.TITLE].fillna("").astype(str).tolist()
+    texts = s.product_texts(catalog, sp.text_fields)
+    expand_from = scale.grade_at(sp.expansion_share)
     return SearchModel(
         product_ids=np.array(product_ids, dtype=str),
         titles=titles,
+        texts=texts,
         embeddings=index.reconstruct_n(0, index.ntotal),
         index=index,
         encoder=encoder,
         tokenizer=tokenizer,
-        bm25=fit_bm25(titles, sp.bm25_k1, sp.bm25_b),
-        bm25_expanded=fit_bm25(
-            expanded_texts(titles, product_ids, prior_judgments, sp.min_expansion_relevance), sp.bm25_k1, sp.bm25_b
-        ),
-        priors=product_priors(prior_judgments, product_ids),
+        bm25=fit_bm25(texts, sp.bm25_k1, sp.bm25_b),
+        bm25_expanded=fit_bm25(expanded_texts(texts, product_ids, prior_judgments, expand_from), sp.bm25_k1, sp.bm25_b),
+        priors=product_priors(prior_judgments, product_ids, scale),
         booster=booster,
         price=catalog[s.PRICE].to_numpy(dtype=np.float32) if s.PRICE in catalog.columns else None,
         query_max_length=sp.query_max_length,
@@ -62,10 +63,14 @@ def assemble_model(
     )
 
 
-def labelled_rows(model, judgments: pd.DataFrame, levels: int):
-    """(X, integer labels, group sizes, candidate recall) over the judgments' queries' candidates."""
+def labelled_rows(model, judgments: pd.DataFrame, levels: int, scale: RelevanceScale | None = None):
+    """(X, integer labels, group sizes, candidate recall) over the judgments' queries' candidates.
+
+    Labels: each candidate's gain on the judgment scale (unjudged: 0) quantised to `levels` grades.
+    """
     from components.search_features import gains_to_labels
 
+    scale = scale or RelevanceScale()
     by_query = {q: g for q, g in judgments.groupby(s.QUERY_ID, sort=True)}
     texts = [g[s.QUERY].iloc[0] for g in by_query.values()]
     feats = model.candidate_features(texts)
@@ -74,12 +79,12 @@ def labelled_rows(model, judgments: pd.DataFrame, levels: int):
     for (_q, g), (cand, x) in zip(by_query.items(), feats, strict=True):
         if len(cand) == 0:
             continue
-        gains = dict(zip(g[s.PRODUCT_ID].astype(str), g[s.RELEVANCE].astype(float) - 1.0, strict=True))
+        gains = dict(zip(g[s.PRODUCT_ID].astype(str), scale.gain_of(g[s.RELEVANCE].astype(float)), strict=True))
         y = np.array([gains.get(str(pid[c]), 0.0) for c in cand])
         found += int((y > 0).sum())
         total += sum(v > 0 for v in gains.values())
         xs.append(x)
-        ys.append(gains_to_labels(y, levels))
+        ys.append(gains_to_labels(y, levels, scale.max_gain))
         groups.append(len(cand))
     return np.vstack(xs), np.concatenate(ys), np.array(groups), found / max(total, 1)
 
@@ -92,7 +97,7 @@ def run(params: Params, paths: Paths) -> dict:
     from components.ranker import train_lambdarank
     from components.search_features import FEATURE_NAMES, linear_label_gain
 
-    sp, rp = params.search, params.search.ranker
+    sp, rp, scale = params.search, params.search.ranker, params.data.search.relevance
     catalog = read_table(paths.validated / "search", s.CATALOG)
     train = pd.read_parquet(paths.split / "search" / "train.parquet")
     valid = pd.read_parquet(paths.split / "search" / "valid.parquet")
@@ -108,9 +113,9 @@ def run(params: Params, paths: Paths) -> dict:
 
         start = time.perf_counter()
         oof = assemble_model(params, catalog, train[~fold], index, encoder, tokenizer)
-        x_tr, y_tr, g_tr, cand_recall_tr = labelled_rows(oof, train[fold], rp.label_levels)
+        x_tr, y_tr, g_tr, cand_recall_tr = labelled_rows(oof, train[fold], rp.label_levels, scale)
         full = assemble_model(params, catalog, train, index, encoder, tokenizer)
-        x_va, y_va, g_va, cand_recall_va = labelled_rows(full, valid, rp.label_levels)
+        x_va, y_va, g_va, cand_recall_va = labelled_rows(full, valid, rp.label_levels, scale)
         feature_seconds = time.perf_counter() - start
         start = time.perf_counter()
         deadline = training_deadline("cpu")  # boosting runs on the CPU whatever the encoder's device
@@ -125,7 +130,7 @@ def run(params: Params, paths: Paths) -> dict:
             rp,
             params.seed,
             eval_at=10,
-            label_gain=linear_label_gain(rp.label_levels),
+            label_gain=linear_label_gain(rp.label_levels, scale.max_gain),
             callbacks=[lightgbm_budget_callback(deadline)],
         )
         fit_seconds = time.perf_counter() - start
@@ -153,6 +158,7 @@ def run(params: Params, paths: Paths) -> dict:
             "encoder_base": sp.encoder,
             "product_tower": json_meta(enc).get("product_tower"),
             "bm25": {"k1": sp.bm25_k1, "b": sp.bm25_b},
+            "text_fields": s.text_fields_present(catalog, sp.text_fields),
         }
         adapter = enc / "product_adapter.safetensors"
         with staged_dir(paths.bundle("search")) as out:

@@ -30,7 +30,12 @@ def small_params(data_dir: Path, **overrides) -> Params:
     raw = {
         "data": {
             "search": {"source": "homedepot", "path": str(data_dir)},
-            "recommend": {"source": "online_retail", "path": str(data_dir)},
+            "recommend": {
+                "source": "online_retail",
+                "path": str(data_dir),
+                "test_cutoff": "2011-11-09T00:00:00",  # EVALUATION.md's, as params.yaml has them
+                "valid_cutoff": "2011-10-09T00:00:00",
+            },
         },
         "checks": SMALL_CHECKS,
     }

@@ -3,6 +3,7 @@ deliberately corrupted copies that the data contract must catch and name."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from datetime import datetime
 
@@ -14,7 +15,7 @@ from components import schema as s
 from components.splits import TemporalFold
 from pipelines import checks, ingest, split, validate
 from pipelines.io import read_table
-from tests.pipelines.data_slices import small_params, write_mini_datasets
+from tests.pipelines.data_slices import SMALL_CHECKS, small_params, write_mini_datasets
 
 
 @pytest.fixture(scope="module")
@@ -93,9 +94,8 @@ def test_bring_your_own_canonical_csv_folder(paths, tmp_path):
         shop,
         data={
             "search": {"source": "canonical", "path": str(shop)},
-            "recommend": {"source": "canonical", "path": str(shop)},
+            "recommend": {"source": "canonical", "path": str(shop)},  # no cutoffs: from the data
         },
-        split={"recommend_test_cutoff": None, "recommend_valid_cutoff": None},
     )
     ingest.run(params, paths)
     validate.run(params, paths)
@@ -136,6 +136,11 @@ def _orphan_event(f):
     return f
 
 
+def _mean_too_low(f):
+    f[s.RELEVANCE] = 1.0  # every label at the scale's bottom: a misread scale, not a bad catalog
+    return f
+
+
 def _pii_query(f):
     f.loc[f.index[0], s.QUERY] = "call me 555-123-4567"
     return f
@@ -156,24 +161,55 @@ def _negative_quantity(f):
     return f
 
 
+REJECT_CATALOG_PII = {"checks": {**SMALL_CHECKS, "pii": {"catalog": "reject"}}}
+
+
 @pytest.mark.parametrize(
-    "domain,table,change,suite,expectation",
+    "domain,table,change,suite,expectation,key,overrides",
     [
-        ("search", s.CATALOG, _null_title, "search_catalog", "expect_column_values_to_not_be_null"),
-        ("search", s.CATALOG, _duplicate_product, "search_catalog", "expect_column_values_to_be_unique"),
-        ("search", s.JUDGMENTS, _out_of_range, "search_judgments", "expect_column_values_to_be_between"),
-        ("search", s.JUDGMENTS, _orphan_judgment, "search_judgments", "product_in_catalog"),
-        ("recommend", s.EVENTS, _orphan_event, "recommend_events", "product_in_catalog"),
-        ("search", s.QUERIES, _pii_query, "search_queries", "text_has_pii"),
-        ("search", s.CATALOG, _pii_title, "search_catalog", "text_has_pii"),
-        ("recommend", s.EVENTS, _future_event, "recommend_events", "expect_column_max_to_be_between"),
-        ("recommend", s.EVENTS, _negative_quantity, "recommend_events", "quantity"),
+        ("search", s.CATALOG, _null_title, "search_catalog", "expect_column_values_to_not_be_null", None, {}),
+        ("search", s.CATALOG, _duplicate_product, "search_catalog", "expect_column_values_to_be_unique", None, {}),
+        # The issue's 1..4 catalog under the default 1..3 scale, and a label mean outside the band:
+        # each message names the key that describes the data.
+        (
+            "search",
+            s.JUDGMENTS,
+            _out_of_range,
+            "search_judgments",
+            "expect_column_values_to_be_between",
+            "data.search.relevance.min / .max",
+            {},
+        ),
+        (
+            "search",
+            s.JUDGMENTS,
+            _mean_too_low,
+            "search_judgments",
+            "expect_column_mean_to_be_between",
+            "checks.relevance_mean_band",
+            {},
+        ),
+        ("search", s.JUDGMENTS, _orphan_judgment, "search_judgments", "product_in_catalog", None, {}),
+        ("recommend", s.EVENTS, _orphan_event, "recommend_events", "product_in_catalog", None, {}),
+        ("search", s.QUERIES, _pii_query, "search_queries", "text_has_pii", "checks.pii.queries: redact", {}),
+        (
+            "search",
+            s.CATALOG,
+            _pii_title,
+            "search_catalog",
+            "text_has_pii",
+            "checks.pii.catalog: redact",
+            REJECT_CATALOG_PII,
+        ),
+        ("recommend", s.EVENTS, _future_event, "recommend_events", "expect_column_max_to_be_between", None, {}),
+        ("recommend", s.EVENTS, _negative_quantity, "recommend_events", "quantity", None, {}),
     ],
 )
 def test_corrupted_tables_are_caught_named_and_publish_nothing(
-    paths, validated_root, domain, table, change, suite, expectation
+    paths, validated_root, mini_data, domain, table, change, suite, expectation, key, overrides
 ):
     root, params = validated_root
+    params = small_params(mini_data, **overrides) if overrides else params
     for sub in ("data", "mlflow.db"):
         (shutil.copytree if sub == "data" else shutil.copy)(root / sub, paths.root / sub)
     good = (paths.validated / domain / f"{table}.parquet").read_bytes()
@@ -182,6 +218,7 @@ def test_corrupted_tables_are_caught_named_and_publish_nothing(
         validate.run(params, paths, now=datetime(2026, 11, 28))
     message = str(err.value)
     assert suite in message and expectation in message
+    assert key is None or key in message, message
     assert "index.html" in message
     assert (paths.validated / domain / f"{table}.parquet").read_bytes() == good, "last good output was touched"
     results = (paths.reports / "data_checks" / "tables" / "results.json").read_text()
@@ -212,5 +249,68 @@ def test_test_window_event_in_training_history_is_caught(paths, mini_data):
 
 def test_missing_dataset_dir_says_what_to_set(paths, tmp_path):
     params = small_params(tmp_path / "nowhere")
-    with pytest.raises(FileNotFoundError, match="HATCHERY_DATA_DIR"):
+    with pytest.raises(FileNotFoundError, match=r"data\.search\.path: .*nowhere.* is not a folder"):
         ingest.run(params, paths)
+
+
+def test_contact_lines_in_product_text_are_redacted_reported_and_the_run_goes_on(paths, validated_root):
+    root, params = validated_root  # default checks.pii: catalog redact, queries reject
+    for sub in ("data", "mlflow.db"):
+        (shutil.copytree if sub == "data" else shutil.copy)(root / sub, paths.root / sub)
+    _corrupt(paths, "search", s.CATALOG, _pii_title)
+    result = validate.run(params, paths, now=datetime(2026, 11, 28))
+    assert result["success"]
+    title = read_table(paths.validated / "search", s.CATALOG)[s.TITLE].iloc[1]
+    assert title == "drill, ask [email]"
+    (note,) = result["redactions"]
+    assert (note["domain"], note["table"], note["column"], note["matches"], note["rows"]) == (
+        "search",
+        "catalog",
+        "title",
+        1,
+        1,
+    )
+    assert note["sample_rows"][0][s.TITLE] == "drill, ask [email]"
+    saved = json.loads((paths.reports / "data_checks" / "tables" / "results.json").read_text())
+    assert saved["redactions"] == result["redactions"]
+    # Tables without a redaction are published byte for byte as ingested.
+    assert (paths.validated / "search" / "queries.parquet").read_bytes() == (
+        paths.ingested / "search" / "queries.parquet"
+    ).read_bytes()
+
+
+def test_cutoffs_outside_the_data_fail_the_contract_with_the_data_range_not_a_traceback(
+    paths, validated_root, mini_data, monkeypatch, caplog
+):
+    root, _ = validated_root
+    for sub in ("data", "mlflow.db"):
+        (shutil.copytree if sub == "data" else shutil.copy)(root / sub, paths.root / sub)
+    params = small_params(
+        mini_data,
+        data={
+            "search": {"source": "homedepot", "path": str(mini_data)},
+            "recommend": {
+                "source": "online_retail",
+                "path": str(mini_data),
+                "test_cutoff": "2023-06-01",
+                "valid_cutoff": "2023-05-01",
+            },
+        },
+    )
+    with pytest.raises(checks.DataCheckError) as err:
+        split.run(params, paths)
+    message = str(err.value)
+    assert "recommend_cutoffs" in message and "data.recommend.test_cutoff" in message
+    assert "the events run from 2010-12-" in message and "to 2011-12-" in message
+    assert "observed 0" not in message  # the empty windows would only repeat it
+    monkeypatch.setattr(split, "load_params", lambda: params)
+    monkeypatch.setattr(split, "Paths", lambda: paths)
+    assert split.main() == 1  # `python -m pipelines.split` logs the summary and exits 1: no traceback
+    assert "data.recommend.test_cutoff" in caplog.text
+
+
+def test_csv_ids_keep_their_leading_zeros(tmp_path):
+    (tmp_path / "catalog.csv").write_text("product_id,title,price\n00012,NA,2.5\n0007,lamp,\n")
+    catalog = read_table(tmp_path, s.CATALOG)
+    assert catalog[s.PRODUCT_ID].tolist() == ["00012", "0007"] and catalog[s.TITLE].tolist() == ["NA", "lamp"]
+    assert catalog[s.PRICE].isna().tolist() == [False, True]

@@ -83,7 +83,7 @@ def test_evaluate_reports_every_model_and_per_user_rows(trained):
     per_user = pd.read_parquet(paths.models / "recommend" / "eval" / "per_user.parquet")
     assert len(per_user) == out["users"] and set(per_user["buyer_segment"]) <= {"light", "heavy"}
     assert np.isclose(per_user["rerank__recall_at_20"].mean(), saved["models"]["rerank"]["recall_at_20"])
-    assert (paths.models / "recommend" / "eval" / "models.png").exists()
+    assert (paths.models / "recommend" / "plots" / "models.png").exists()
 
 
 @pytest.mark.slow

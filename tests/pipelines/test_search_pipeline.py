@@ -100,7 +100,7 @@ def test_metrics_file_has_every_model_with_intervals(trained) -> None:
         "bm25__ndcg_at_10",
         "hybrid_ranker__recall_at_100",
     } <= set(per_query)
-    assert (trained["paths"].models / "search" / "eval" / "metrics_by_model.png").stat().st_size > 1000
+    assert (trained["paths"].models / "search" / "plots" / "metrics_by_model.png").stat().st_size > 1000
 
 
 def test_bundle_loads_and_answers_with_explanations(trained) -> None:

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from components import schema as s
-from components.privacy import find_pii, pseudonymize
+from components.privacy import find_pii, pseudonymize, redact_pii
 from components.splits import query_bucket, split_events, split_queries, temporal_folds
 
 
@@ -56,9 +56,13 @@ def test_temporal_folds_do_not_overlap_and_respect_cutoffs():
 
 
 def test_temporal_folds_derived_when_no_cutoffs():
-    events = pd.DataFrame({s.TIMESTAMP: pd.date_range("2024-01-01", "2024-06-30", freq="D")})
+    events = pd.DataFrame({s.TIMESTAMP: pd.date_range("2024-01-01", "2024-06-30 18:00", freq="D")})
     valid, test = temporal_folds(events, None, None)
-    assert test.cutoff == datetime(2024, 5, 31) and valid.cutoff == datetime(2024, 4, 30)
+    # The last 30 days (June) are the test window, the 30 before (from May 2) validation.
+    assert test.cutoff == datetime(2024, 6, 1) and valid.cutoff == datetime(2024, 5, 2)
+    valid, test = temporal_folds(events, None, None, window_days=7)
+    assert test.cutoff == datetime(2024, 6, 24) and valid.cutoff == datetime(2024, 6, 17)
+    assert len(split_events(events, test)[1]) == 7
 
 
 def test_pseudonymize_is_stable_salted_and_one_to_one():
@@ -85,3 +89,33 @@ def test_pseudonymize_is_stable_salted_and_one_to_one():
 )
 def test_find_pii(text, hit):
     assert find_pii(pd.Series([text])).tolist() == [hit]
+
+
+def test_a_phone_number_ending_a_sentence_is_found():
+    assert find_pii(pd.Series(["Vendor contact: 555-010-1234.", "model 555.123.4567.8"])).tolist() == [True, False]
+
+
+def test_redact_masks_every_match_counts_them_and_keeps_the_rest():
+    texts = pd.Series(
+        ["oak stool. Contact sales@oak.example or 555-010-1234.", "36 in. x 80 in.", None], dtype="string"
+    )
+    masked, counts = redact_pii(texts)
+    assert masked.tolist()[:2] == ["oak stool. Contact [email] or [phone].", "36 in. x 80 in."]
+    assert pd.isna(masked.iloc[2]) and counts.tolist() == [2, 0, 0]
+    assert not find_pii(masked).any()
+
+
+def test_product_text_joins_the_configured_fields_a_catalog_has():
+    catalog = pd.DataFrame(
+        {
+            s.PRODUCT_ID: ["1", "2"],
+            s.TITLE: ["oak stool", "lamp"],
+            s.DESCRIPTION: ["a teal oak stool", None],
+            s.BRAND: ["", "Lumen"],
+        }
+    )
+    fields = [s.TITLE, s.BRAND, s.CATEGORY, s.DESCRIPTION]
+    assert s.text_fields_present(catalog, fields) == [s.TITLE, s.BRAND, s.DESCRIPTION]  # no category column
+    assert s.product_texts(catalog, fields) == ["oak stool a teal oak stool", "lamp Lumen"]
+    titles_only = catalog[[s.PRODUCT_ID, s.TITLE]]
+    assert s.product_texts(titles_only, fields) == titles_only[s.TITLE].tolist()  # exactly the titles

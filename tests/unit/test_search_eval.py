@@ -58,6 +58,22 @@ def test_recall_counts_only_relevance_at_least_2_5(judgments) -> None:
     assert m.loc["q1", "recall_at_100"] == 0.0  # p2 has relevance 2.0 < 2.5
 
 
+def test_another_scale_sets_gains_and_relevance() -> None:
+    from components.config import RelevanceScale
+
+    scale = RelevanceScale(min=0, max=4, relevant_from=3)
+    judged = pd.DataFrame(
+        {s.QUERY_ID: ["q"] * 4, s.PRODUCT_ID: ["a", "b", "c", "d"], s.RELEVANCE: [4.0, 3.0, 2.0, 0.0]}
+    )
+    gains = judged_gains(judged, scale)
+    assert gains == {"q": {"a": 4.0, "b": 3.0, "c": 2.0, "d": 0.0}}
+    m = full_catalog_metrics(["q"], [["b", "c"]], gains, scale)
+    assert m.loc["q", "recall_at_100"] == 0.5  # relevant from 3: a and b; c (2) is not
+    assert m.loc["q", "ndcg_at_10"] == pytest.approx((3 + 2 / math.log2(3)) / (4 + 3 / math.log2(3) + 2 / 2))
+    exp = RelevanceScale(min=0, max=4, relevant_from=3, gain="exponential")
+    assert judged_gains(judged, exp)["q"] == {"a": 15.0, "b": 7.0, "c": 3.0, "d": 0.0}
+
+
 def test_rerank_orders_judged_by_score_ties_by_id(judgments) -> None:
     gains = judged_gains(judgments)
     assert rerank_ndcg(["q1"], [{"p1": 0.9, "p2": 0.5, "p3": 0.1}], gains)[0] == 1.0

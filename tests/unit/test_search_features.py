@@ -17,7 +17,7 @@ from components.search_features import (
     pair_features,
     product_priors,
     rrf_merge,
-    title_token_sets,
+    text_token_sets,
 )
 
 
@@ -55,7 +55,7 @@ def _features(catalog, query, cand, priors=None, dense=None):
         bm,
         dense,
         float(dense.max()) if len(dense) else 0.0,
-        title_token_sets(titles),
+        text_token_sets(titles),
         lengths,
         priors or ProductPriors.empty(len(titles)),
         None,
@@ -118,3 +118,21 @@ def test_rrf_fuses_ranks() -> None:
 def test_labels_are_integer_grades_with_linear_gain() -> None:
     assert gains_to_labels(np.array([0.0, 0.33, 0.67, 1.0, 2.0]), 7).tolist() == [0, 1, 2, 3, 6]
     assert linear_label_gain(7) == pytest.approx((0, 1 / 3, 2 / 3, 1, 4 / 3, 5 / 3, 2))
+
+
+def test_labels_follow_the_judgment_scale_so_top_grades_stay_apart() -> None:
+    from components.config import RelevanceScale
+
+    scale = RelevanceScale(min=0, max=4, relevant_from=3)
+    gains = scale.gain_of(np.array([0.0, 1.0, 2.0, 3.0, 4.0]))
+    assert gains_to_labels(gains, 5, scale.max_gain).tolist() == [0, 1, 2, 3, 4]
+    assert gains_to_labels(gains, 5).tolist() == [0, 2, 4, 4, 4]  # the 1..3 default would clip 2, 3 and 4
+    assert linear_label_gain(5, scale.max_gain) == pytest.approx((0, 1, 2, 3, 4))
+
+
+def test_priors_use_the_scales_gain(catalog, judgments) -> None:
+    from components.config import RelevanceScale
+
+    zero_based = judgments.assign(**{s.RELEVANCE: judgments[s.RELEVANCE] - 1})
+    pr = product_priors(zero_based, catalog[s.PRODUCT_ID].tolist(), RelevanceScale(min=0, max=2, relevant_from=1.5))
+    np.testing.assert_allclose(pr.mean_gain[:3], [2.0, 0.0, 1.5])
