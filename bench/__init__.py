@@ -5,4 +5,5 @@ the lifecycle's steps: `python -m bench.<name>`, all of them with `make bench`.
     search.py     query latency (ONNX vs PyTorch query tower) and catalog-pass throughput
     recommend.py  recommendation latency per known user
     serving.py    the same requests in-process and through `bentoml serve`
+    rollout.py    the rollout's error rates and interleaving vs A/B, simulated on the real search bundle
 """

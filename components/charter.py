@@ -77,19 +77,45 @@ class Guardrails(Frozen):
 
 
 class ExitCriteria(Frozen):
-    """When a rollout phase may advance: enough traffic seen and no health limit crossed."""
+    """When a rollout phase may advance: enough traffic seen, no health limit crossed, the quality test passed.
+
+    test: the online quality test of the step (components/rollout/sequential.py) on the arms'
+    success rates, all canary steps so far pooled: "non_inferiority" (advance once a harm of
+    rollout.quality.smallest_harm is excluded, or the planned sample showed no harm), "superiority"
+    (advance only once the challenger is shown better), "none" (health only; the shadow phase,
+    where the challenger answers no one). Unset: "none" for the shadow, "non_inferiority" for a
+    canary step.
+    min_primary_ratio: deprecated (a point-estimate ratio, a coin flip for an equal challenger);
+    still accepted so old charters parse: 0 means test "none", anything else "non_inferiority".
+    """
 
     min_requests: int = Field(ge=1)
     min_hours: float = Field(ge=0)
     max_error_rate: float = Field(ge=0.0, le=1.0)
     max_latency_p99_ms: float = Field(gt=0)
-    # Online proxy of the primary metric (e.g. click-through) relative to the champion's, >= this.
-    min_primary_ratio: float = Field(ge=0.0, le=2.0)
+    test: Literal["none", "non_inferiority", "superiority"] | None = None
+    min_primary_ratio: float | None = Field(None, ge=0.0, le=2.0)
+
+    def quality_test(self, default: str = "non_inferiority") -> str:
+        """The test this phase runs: `test`, else what the deprecated ratio implied, else `default`."""
+        if self.test is not None:
+            return self.test
+        if self.min_primary_ratio is not None:
+            return "none" if self.min_primary_ratio == 0 else "non_inferiority"
+        return default
 
 
 class ShadowPhase(Frozen):
     traffic_share: float = Field(gt=0.0, le=1.0)
     exit: ExitCriteria
+
+    @model_validator(mode="after")
+    def _no_quality_test(self) -> ShadowPhase:
+        # An old charter's shadow min_primary_ratio is ignored (it could only ever roll back: no challenger
+        # impressions); an explicit test is a mistake worth naming.
+        if self.exit.test not in (None, "none"):
+            raise ValueError("exit.test: the challenger answers no one in shadow, so it has no online quality to test")
+        return self
 
 
 class CanaryStep(Frozen):
@@ -97,18 +123,54 @@ class CanaryStep(Frozen):
     success: ExitCriteria
 
 
+class QualityTest(Frozen):
+    """The error rates of the canary's online quality test (components/rollout/sequential.py).
+
+    false_rollback_rate: the largest acceptable probability of rolling back a challenger exactly as
+    good as the champion, over the whole rollout however often the driver looks (alpha of an
+    always-valid interval on challenger - champion success rate).
+    smallest_harm: the drop of the online success rate (absolute: 0.05 = five points of
+    click-through or hit rate) the canary must catch; a smaller drop may go unnoticed.
+    power: the probability of catching a challenger `smallest_harm` worse in the first canary step
+    that tests quality; it sizes that step's traffic.
+    """
+
+    false_rollback_rate: float = Field(0.05, gt=0.0, lt=0.5)
+    smallest_harm: float = Field(0.05, gt=0.0, le=1.0)
+    power: float = Field(0.8, gt=0.5, lt=1.0)
+
+
 class RolloutPlan(Frozen):
-    """Handed to the serving stage: shadow first, then canary steps of growing traffic share."""
+    """Handed to the serving stage: shadow first, then canary steps of growing traffic share.
+
+    holdback: the share of units the champion keeps at a step of traffic_share 1.0, so the last
+    step still compares the arms (a 100 % step would leave the champion arm without data).
+    interleaving_share: search only; in canary this share of units gets one team-draft interleaved
+    list of both models, its verdict reported beside the A/B split's.
+    """
 
     shadow: ShadowPhase
     canary: list[CanaryStep] = Field(min_length=1)
+    quality: QualityTest = QualityTest()
+    holdback: float = Field(0.05, ge=0.0, lt=0.5)
+    interleaving_share: float = Field(0.0, ge=0.0, lt=0.5)
 
     @model_validator(mode="after")
     def _growing(self) -> RolloutPlan:
         shares = [c.traffic_share for c in self.canary]
         if any(b <= a for a, b in zip(shares, shares[1:], strict=False)):
             raise ValueError(f"canary traffic shares must strictly grow, got {shares}")
+        for i, c in enumerate(self.canary):
+            if c.success.quality_test() != "none" and self.ab_share(i) >= 1.0:
+                raise ValueError(
+                    f"canary[{i}] sends all traffic to the challenger and tests quality: the champion arm would "
+                    "have no data. Set rollout.holdback > 0 or the step's test: none"
+                )
         return self
+
+    def ab_share(self, step: int) -> float:
+        """The challenger's share of the A/B units at canary step `step`: its traffic share, the holdback kept."""
+        return min(self.canary[step].traffic_share, 1.0 - self.holdback)
 
 
 class TrainingBudget(Frozen):
@@ -146,6 +208,8 @@ class Charter(Frozen):
             raise ValueError(
                 f"slices.columns {unknown} are not slices of {self.domain} (have {list(SLICE_COLUMNS[self.domain])})"
             )
+        if self.rollout.interleaving_share > 0 and self.domain != "search":
+            raise ValueError("rollout.interleaving_share: interleaving needs ranked search results (domain search)")
         if len(set(self.stages)) != len(self.stages):
             raise ValueError(f"stages lists a stage twice: {self.stages}")
         return self

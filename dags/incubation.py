@@ -98,6 +98,8 @@ def incubation():
         return _lifecycle().package(plan, run_id)
 
     # Retrying would replay a rollout that already decided (or wait on a service that is not there): no retries.
+    # No pool: two runs rolling out one domain are serialised by the rollout's driver lease (the second waits,
+    # then refuses), while search and recommendation roll out side by side.
     @task(retries=0)
     def rollout(plan: dict, run_id=None) -> dict:
         return _lifecycle().rollout(plan, run_id)

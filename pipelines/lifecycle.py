@@ -151,13 +151,15 @@ def rollout(plan: dict[str, Any], run_id: str | None) -> dict:
     Works on the service's own outputs root (Paths(), HATCHERY_HOME), not the run's workspace: the rollout
     state, request and feedback logs are the service's. Fails when no service answers, and when the rollout
     ends rolled back or paused (the reason is in the message). A re-run after the challenger already became
-    champion changes nothing.
+    champion changes nothing. Two runs rolling out the same domain at once: the second waits for the
+    first's driver lease (HATCHERY_ROLLOUT_WAIT_S, default 3600 s), then refuses (RolloutBusy).
     """
     from artifacts.registry import CHALLENGER, CHAMPION, Registry
     from artifacts.rollout_store import RolloutStore
     from components.rollout import ACTIVE
     from pipelines import rollout as step
     from pipelines.common import load_params
+    from pipelines.replay import make_source
     from pipelines.requirements import load_charter
 
     charter = load_charter(plan["charter"])
@@ -182,10 +184,16 @@ def rollout(plan: dict[str, Any], run_id: str | None) -> dict:
                 "previous_champion": state.previous_champion.version if state.previous_champion else None,
                 "reason": f"v{champion.version} is already the champion: nothing to roll out",
                 "url": url,
+                "phases": [],
+                "audit": [],
             }
             return entry["result"]
-        rp = load_params(overrides=plan.get("overrides") or {}).rollout
-        result = step.run(charter, paths, url, rp, actor=f"airflow:{run_id}")
+        params = load_params(overrides=plan.get("overrides") or {})
+        rp = params.rollout
+        # The simulated shoppers click by the run's judgment scale (a shop's own data may grade 0..4).
+        source = make_source(charter.domain, paths, rp.click_model, rp.sessions, params.data.search.relevance)
+        wait_s = float(os.environ.get("HATCHERY_ROLLOUT_WAIT_S", "3600"))
+        result = step.run(charter, paths, url, rp, actor=f"airflow:{run_id}", lease_wait_s=wait_s, source=source)
         entry["result"] = {**result, "url": url}
         if result["phase"] == "rolled_back":
             raise RuntimeError(f"the rollout was rolled back: {result['reason']}")

@@ -4,6 +4,7 @@ A traffic source yields requests with what the replay knows about them (the trut
 them to the service, and the source turns each response into feedback (impression, success):
   SearchReplay    held-out test queries (data/split/search/test.parquet); clicks from a cascade or
                   position-based click model over the graded judgments; success = a click in the top 10.
+                  The clicked product ids go to the feedback too (interleaving credits them by team).
   RecommendReplay test-window users (data/split/recommend/test/); the request carries the RAW user id
                   (as a shop's front end would; recovered from the shared dataset with the same salted
                   pseudonym), success = a recommended item the user bought in the test window.
@@ -36,6 +37,7 @@ from artifacts.paths import Paths
 from artifacts.rollout_store import RolloutStore
 from components import rollout as ro
 from components import schema as s
+from components.config import RelevanceScale
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +65,20 @@ class SearchReplay:
     domain = "search"
 
     def __init__(
-        self, judgments: pd.DataFrame, click_model: str = "cascade", sessions: int = 5000, k: int = 10
+        self,
+        judgments: pd.DataFrame,
+        click_model: str = "cascade",
+        sessions: int = 5000,
+        k: int = 10,
+        scale: RelevanceScale | None = None,
     ) -> None:
+        """scale: the judgment scale (params.data.search.relevance; default EVALUATION.md's 1..3)."""
         self.click_model, self.sessions, self.k = click_model, sessions, k
+        self.scale = scale or RelevanceScale()
         self.queries = []
         for _, g in judgments.groupby(s.QUERY_ID, sort=True):
-            gains = dict(zip(g[s.PRODUCT_ID].astype(str), g[s.RELEVANCE].astype(float) - 1.0, strict=True))
+            graded = self.scale.gain_of(g[s.RELEVANCE].astype(float))
+            gains = dict(zip(g[s.PRODUCT_ID].astype(str), graded, strict=True))
             self.queries.append((str(g[s.QUERY].iloc[0]), gains))
         if not self.queries:
             raise ValueError("no test queries to replay")
@@ -83,9 +93,15 @@ class SearchReplay:
             session = f"replay-{int(rng.integers(self.sessions))}"
             yield Replayed("/search", {"query": query[:256], "k": self.k, "session_id": session}, gains)
 
+    def clicked(self, response: dict[str, Any], truth: dict[str, float], rng: np.random.Generator) -> list[str]:
+        """Product ids the simulated shopper clicks, top first."""
+        ids = [str(r["product_id"]) for r in response["results"]]
+        gains = [truth.get(i, 0.0) for i in ids]
+        clicks = ro.simulate_clicks(gains, rng, self.click_model, k=self.k, max_gain=self.scale.max_gain)
+        return [ids[r] for r in clicks]
+
     def feedback(self, response: dict[str, Any], truth: dict[str, float], rng: np.random.Generator) -> bool:
-        gains = [truth.get(str(r["product_id"]), 0.0) for r in response["results"]]
-        return bool(ro.simulate_clicks(gains, rng, self.click_model, k=self.k))
+        return bool(self.clicked(response, truth, rng))
 
 
 class RecommendReplay:
@@ -166,7 +182,13 @@ def replay(
         except httpx.HTTPError as exc:
             status, payload = 0, {"error": str(exc)}
         ms = (time.perf_counter() - t0) * 1000.0
-        success = bool(status == 200 and source.feedback(payload, item.truth, np.random.default_rng(int(seeds[i]))))
+        click_rng = np.random.default_rng(int(seeds[i]))
+        clicked = None
+        if status == 200 and hasattr(source, "clicked"):
+            clicked = source.clicked(payload, item.truth, click_rng)
+            success = bool(clicked)
+        else:
+            success = bool(status == 200 and source.feedback(payload, item.truth, click_rng))
         line = {
             "ts": time.time(),
             "request_id": payload.get("request_id"),
@@ -178,6 +200,7 @@ def replay(
             "status": status,
             "client_ms": round(ms, 3),
             "success": success,
+            "clicked": clicked,
             "challenger_failed": payload.get("challenger_failed"),
         }
         with lock:
@@ -197,9 +220,15 @@ def replay(
     return counts
 
 
-def make_source(domain: str, paths: Paths, click_model: str = "cascade", sessions: int = 5000) -> TrafficSource:
+def make_source(
+    domain: str,
+    paths: Paths,
+    click_model: str = "cascade",
+    sessions: int = 5000,
+    scale: RelevanceScale | None = None,
+) -> TrafficSource:
     if domain == "search":
-        return SearchReplay.from_paths(paths, click_model=click_model, sessions=sessions)
+        return SearchReplay.from_paths(paths, click_model=click_model, sessions=sessions, scale=scale)
     from artifacts.paths import pseudonym_salt
 
     return RecommendReplay.from_paths(paths, raw_user_ids(pseudonym_salt()))

@@ -1,5 +1,6 @@
 """report: one HTML page per lifecycle run — every stage's outcome, the metrics against the champion,
-the gate's decisions and whether training hit its budget.
+the gate's decisions, whether training hit its budget, and the rollout: each phase's decision with
+its sample, always-valid interval and power, the interleaving verdict, and the audit trail.
 
 Reads the run's ledger (pipelines/lifecycle.py) and plan, the workspace's metrics/<domain>.json and
 the gate report. Writes <HATCHERY_HOME>/reports/incubation/<run>/{index.html, summary.json} and
@@ -36,7 +37,7 @@ def expected_tasks(plan: dict[str, Any] | None) -> list[tuple[str, str]]:
     if plan:
         tasks += [("requirements", s) for s in plan["data_stages"]]
         tasks += [("training", s) for s in plan["stages"]]
-        tasks += [("validation", "gate"), ("packaging", "package")]
+        tasks += [("validation", "gate"), ("packaging", "package"), ("rollout", "rollout")]
     return tasks
 
 
@@ -55,9 +56,25 @@ def _budgets(metrics_dir: Path) -> list[tuple[str, dict]]:
     return found
 
 
-def render(summary: dict[str, Any], metrics: dict | None, gate: dict | None, budgets: list) -> str:
-    """The run's page (artifacts/templates/incubation.html): stages, metrics by role, the gate, budgets."""
-    return render_page("incubation.html", summary=summary, metrics=metrics, gate=gate, budgets=budgets)
+def render(
+    summary: dict[str, Any], metrics: dict | None, gate: dict | None, budgets: list, rollout: dict | None = None
+) -> str:
+    """The run's page (artifacts/templates/incubation.html): stages, metrics by role, the gate, budgets, rollout."""
+    return render_page("incubation.html", summary=summary, metrics=metrics, gate=gate, budgets=budgets, rollout=rollout)
+
+
+def rollout_section(ledger_entry: dict | None) -> dict | None:
+    """The rollout task's result (pipelines/rollout.summarize) with audit times as UTC strings, or None."""
+    import datetime as dt
+
+    result = (ledger_entry or {}).get("result")
+    if not result:
+        return None
+    audit = [
+        {**a, "when": dt.datetime.fromtimestamp(float(a["when"]), dt.UTC).strftime("%Y-%m-%d %H:%M:%S")}
+        for a in result.get("audit") or []
+    ]
+    return {**result, "audit": audit, "phases": result.get("phases") or []}
 
 
 def run(charter: str, run_id: str | None, paths: Paths | None = None, airflow_url: str | None = None) -> dict[str, Any]:
@@ -73,10 +90,12 @@ def run(charter: str, run_id: str | None, paths: Paths | None = None, airflow_ur
         stages.append({"group": group, "task": task, **{k: v for k, v in entry.items() if k not in ("group", "task")}})
     bad = [r for r in stages if r["status"] != "success"]
     # Packaging fails while the serving stage has no service yet: reported, but the first failure is the headline.
+    rollout = rollout_section(ledger.get("rollout"))
     headline = (
         f"{bad[0]['task']} {bad[0]['status']}: {bad[0].get('reason') or bad[0].get('note')}"
         if bad
-        else "every stage passed: the challenger is validated and packaged"
+        else "every stage passed: the challenger is validated, packaged and rolled out"
+        + (f" ({rollout['phase']}: {rollout['reason']})" if rollout else "")
     )
     workspace = Path(plan["workspace"]) if plan else None
     domain = plan["domain"] if plan else None
@@ -91,6 +110,9 @@ def run(charter: str, run_id: str | None, paths: Paths | None = None, airflow_ur
         "stages": stages,
         "unit_metrics": list(UNIT_METRICS.get(domain, ())) + (["rerank_ndcg_at_10"] if domain == "search" else []),
         "gate": {k: gate[k] for k in ("passed", "reason", "champion", "challenger")} if gate else None,
+        "rollout": {k: rollout.get(k) for k in ("phase", "champion", "previous_champion", "reason", "mlflow_run_id")}
+        if rollout
+        else None,
         "links": {
             "Airflow run": airflow_url,
             "MLflow": tracking_uri(paths),
@@ -99,7 +121,7 @@ def run(charter: str, run_id: str | None, paths: Paths | None = None, airflow_ur
     }
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "index.html").write_text(
-        render(summary, metrics, gate, _budgets(Paths(workspace).metrics) if workspace else [])
+        render(summary, metrics, gate, _budgets(Paths(workspace).metrics) if workspace else [], rollout)
     )
     write_json(folder / "summary.json", summary)
     with mlflow_run(STEP, load_params(), paths, sections=()) as mrun:

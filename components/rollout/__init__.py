@@ -1,8 +1,11 @@
 """Staged rollout policy, one module per concern (every public name is re-exported here: `ro.RolloutState`).
 
     state.py       phases, ModelRef, RolloutState, AuditEntry, the transitions and RolloutError
-    routing.py     sticky bucketing, arm assignment, route(state, unit)
-    guardrails.py  ArmStats, the Wilson bound, Decision, evaluate_guardrails
+    routing.py     sticky bucketing with a secret salt, arm assignment, route(state, unit)
+    guardrails.py  ArmStats, the Wilson bound, Decision, evaluate_guardrails (health + the quality test)
+    sequential.py  the always-valid quality test: confidence sequence, design (sizes), decide, look
+    interleaving.py  team-draft interleaving and its click credit
+    simulate.py    thousands of simulated rollouts / interleaving experiments at once (the error rates)
     shadow.py      shadow agreement of two top-k lists: overlap@k, rank correlation
     clicks.py      click models for the replay: attractiveness, simulate_clicks
 
@@ -12,11 +15,14 @@ registry; pipelines/rollout.py drives the transitions, and the service only read
 """
 
 from components.rollout.clicks import attractiveness, simulate_clicks
-from components.rollout.guardrails import ArmStats, Decision, evaluate_guardrails, wilson_lower
-from components.rollout.routing import BUCKETS, CHALLENGER, CHAMPION, Arm, assign_arm, bucket_of, route
+from components.rollout.guardrails import ArmStats, Decision, evaluate_guardrails, step_counts, wilson_lower
+from components.rollout.interleaving import credit, team_draft
+from components.rollout.routing import BUCKETS, CHALLENGER, CHAMPION, INTERLEAVED, Arm, assign_arm, bucket_of, route
+from components.rollout.sequential import Design, QualityLook, design
 from components.rollout.shadow import agreement, overlap_at_k, rank_correlation
 from components.rollout.state import (
     ACTIVE,
+    INTENTS,
     PHASES,
     AuditEntry,
     ModelRef,
@@ -25,6 +31,7 @@ from components.rollout.state import (
     RolloutState,
     complete,
     enter_canary_step,
+    intend,
     pause,
     resume,
     roll_back,
@@ -37,13 +44,17 @@ __all__ = [
     "BUCKETS",
     "CHALLENGER",
     "CHAMPION",
+    "INTENTS",
+    "INTERLEAVED",
     "PHASES",
     "Arm",
     "ArmStats",
     "AuditEntry",
     "Decision",
+    "Design",
     "ModelRef",
     "Phase",
+    "QualityLook",
     "RolloutError",
     "RolloutState",
     "agreement",
@@ -51,8 +62,11 @@ __all__ = [
     "attractiveness",
     "bucket_of",
     "complete",
+    "credit",
+    "design",
     "enter_canary_step",
     "evaluate_guardrails",
+    "intend",
     "overlap_at_k",
     "pause",
     "rank_correlation",
@@ -62,5 +76,7 @@ __all__ = [
     "set_champion",
     "simulate_clicks",
     "start_shadow",
+    "step_counts",
+    "team_draft",
     "wilson_lower",
 ]

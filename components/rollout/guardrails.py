@@ -1,12 +1,18 @@
-"""Guardrails: per-arm statistics of one phase and the hold / advance / roll back decision on them."""
+"""Guardrails: per-arm statistics of one phase and the hold / advance / roll back decision on them.
+
+Health (errors, latency) is judged here; online quality by components/rollout/sequential.py.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+
+import components.rollout.sequential as sq
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,11 @@ class Decision:
     numbers: dict[str, Any] = field(default_factory=dict)
 
 
+def step_counts(champion: ArmStats, challenger: ArmStats) -> tuple[int, int, int, int]:
+    """(champion impressions, successes, challenger impressions, successes): one stratum of the quality test."""
+    return champion.impressions, champion.successes, challenger.impressions, challenger.successes
+
+
 def evaluate_guardrails(
     champion: ArmStats,
     challenger: ArmStats,
@@ -84,20 +95,29 @@ def evaluate_guardrails(
     request_scale: float = 1.0,
     hours_scale: float = 1.0,
     min_latency_samples: int = 20,
+    test: str = "none",
+    design: sq.Design | None = None,
+    earlier_steps: Sequence[tuple[int, int, int, int]] = (),
+    share: float = 0.5,
 ) -> Decision:
     """Hold, advance or roll back one phase from its arm statistics.
 
     criteria: an ExitCriteria of the charter (min_requests, min_hours, max_error_rate,
-    max_latency_p99_ms, min_primary_ratio). request_scale / hours_scale shrink the traffic and time
-    a phase needs (the replay simulator on one machine sends thousands, not millions, of requests).
+    max_latency_p99_ms). request_scale / hours_scale shrink the traffic and time a phase needs (the
+    replay simulator on one machine sends thousands, not millions, of requests).
+    test: the phase's online quality test ("none" | "non_inferiority" | "superiority", see
+    components/rollout/sequential.py), with its `design` (the charter's error rates), the counts of
+    the `earlier_steps` of this canary (pooled with this one: evidence accumulates across steps)
+    and the challenger's A/B `share` now.
 
-    A breach is acted on as soon as it is certain, not only at the end of the phase: the error rate
-    when its 99.9 % Wilson lower bound exceeds the limit; latency when the challenger's median (after
-    `min_latency_samples` requests) already exceeds the p99 limit. At the end of the phase every
-    criterion is checked on the point values, and the quality ratio challenger / champion too.
+    Health breaches are acted on as soon as they are certain: the error rate when its 99.9 % Wilson
+    lower bound exceeds the limit; latency when the challenger's median (after `min_latency_samples`
+    requests) already exceeds the p99 limit. So is a quality rollback verdict: the interval is valid
+    at every look. At the end of the phase the error rate and p99 are checked on the point values,
+    and the quality test must say advance (non-inferior, no harm at the planned power, or superior).
     """
     reasons: list[str] = []
-    numbers = {"champion": champion.summary(), "challenger": challenger.summary(), "hours": hours}
+    numbers: dict[str, Any] = {"champion": champion.summary(), "challenger": challenger.summary(), "hours": hours}
     lower = wilson_lower(challenger.errors, challenger.requests)
     if challenger.requests and lower > criteria.max_error_rate:
         reasons.append(
@@ -109,6 +129,14 @@ def evaluate_guardrails(
             f"challenger median latency {challenger.p50_ms:.1f} ms already exceeds the p99 limit "
             f"{criteria.max_latency_p99_ms:.0f} ms"
         )
+    quality = None
+    if test != "none":
+        if design is None:
+            raise ValueError(f"the {test} test needs a design (the charter's rollout.quality)")
+        quality = sq.look(test, [*earlier_steps, step_counts(champion, challenger)], design, share)
+        numbers["quality"] = quality.to_dict()
+        if quality.verdict in sq.ROLLBACK:
+            reasons.append(f"online quality: {quality.sentence()}")
     if reasons:
         return Decision("rollback", tuple(reasons), numbers)
     need_requests = max(1, math.ceil(criteria.min_requests * request_scale))
@@ -124,16 +152,14 @@ def evaluate_guardrails(
         reasons.append(f"challenger error rate {challenger.error_rate:.3%} > {criteria.max_error_rate:.3%}")
     if challenger.p99_ms > criteria.max_latency_p99_ms:
         reasons.append(f"challenger p99 latency {challenger.p99_ms:.1f} ms > {criteria.max_latency_p99_ms:.0f} ms")
-    if criteria.min_primary_ratio > 0:
-        ratio = challenger.quality / champion.quality if champion.quality and champion.quality > 0 else float("nan")
-        numbers["quality_ratio"] = ratio
-        if math.isnan(ratio):
-            reasons.append("no online quality signal on one of the arms: cannot judge the quality ratio")
-        elif ratio < criteria.min_primary_ratio:
-            reasons.append(
-                f"challenger online quality {challenger.quality:.4f} / champion {champion.quality:.4f} = "
-                f"{ratio:.3f} < {criteria.min_primary_ratio:.2f}"
-            )
     if reasons:
         return Decision("rollback", tuple(reasons), numbers)
-    return Decision("advance", ("exit criteria met",), numbers)
+    if quality is not None and quality.verdict not in sq.ADVANCE:
+        wait = (
+            f"{min(quality.step_impressions)}/{sq.MIN_IMPRESSIONS} impressions on the smaller arm of this step"
+            if quality.verdict == "too_few"
+            else f"about {quality.impressions_to_plan:.0f} more impressions to the planned sample"
+        )
+        return Decision("hold", (f"online quality: {quality.sentence()}; {wait}",), numbers)
+    why = "exit criteria met" + (f"; online quality: {quality.sentence()}" if quality is not None else "")
+    return Decision("advance", (why,), numbers)

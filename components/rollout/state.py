@@ -5,7 +5,13 @@ reachable from shadow/canary (a breached guardrail or a person) and paused freez
 where they are (resume returns to the same phase and step).
 
 Every transition is a pure function (state, ..., now, actor, reason) -> (new state, AuditEntry):
-times are arguments (seconds since the epoch); artifacts/rollout_store.py writes both.
+times are arguments (seconds since the epoch); artifacts/rollout_store.py writes both, bumping
+`version` (the compare-and-swap field: a writer that read version v may only write v + 1).
+
+A decision that moves the registry (promote, reject, restore) is written with its `pending` intent
+(`intend`) in the same state write; the registry follows, then a second write clears the intent. A
+crash anywhere in between leaves the intent in the state file, and the next start re-applies it
+(every registry move is idempotent), so the registry and the state always end up agreeing.
 """
 
 from __future__ import annotations
@@ -58,9 +64,21 @@ class RolloutState:
     updated: float = 0.0
     reason: str = ""
     previous_champion: ModelRef | None = None
+    version: int = 0
+    salt: str = ""
+    interleave_share: float = 0.0
+    pending: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def public_dict(self) -> dict[str, Any]:
+        """What may leave the server (status endpoints): everything but the routing salt."""
+        return {k: v for k, v in self.to_dict().items() if k != "salt"}
+
+    @property
+    def routing_salt(self) -> str:
+        return self.salt or self.rollout_id
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> RolloutState:
@@ -114,9 +132,19 @@ def _entry(
 
 # --- transitions -----------------------------------------------------------------------------------
 def start_shadow(
-    state: RolloutState, challenger: ModelRef, shadow_share: float, now: float, actor: str, reason: str
+    state: RolloutState,
+    challenger: ModelRef,
+    shadow_share: float,
+    now: float,
+    actor: str,
+    reason: str,
+    salt: str = "",
+    interleave_share: float = 0.0,
 ) -> tuple[RolloutState, AuditEntry]:
-    """idle/full/rolled_back -> shadow with a new challenger (a rollout in flight must end first)."""
+    """idle/full/rolled_back -> shadow with a new challenger (a rollout in flight must end first).
+
+    salt: a secret the caller drew for this rollout's arm assignment; interleave_share: see RolloutState.
+    """
     if state.phase in ("shadow", "canary", "paused"):
         raise RolloutError(
             f"cannot start a rollout of v{challenger.version}: v{state.challenger.version} is in {state.phase}"
@@ -138,14 +166,18 @@ def start_shadow(
         phase_started=now,
         updated=now,
         reason=reason,
+        salt=salt,
+        interleave_share=interleave_share,
     )
-    return new, _entry(state, new, now, actor, "start_shadow", reason, shadow_share=shadow_share)
+    return new, _entry(
+        state, new, now, actor, "start_shadow", reason, shadow_share=shadow_share, interleave_share=interleave_share
+    )
 
 
 def enter_canary_step(
-    state: RolloutState, step: int, share: float, now: float, actor: str, reason: str
+    state: RolloutState, step: int, share: float, now: float, actor: str, reason: str, **details
 ) -> tuple[RolloutState, AuditEntry]:
-    """shadow -> canary step 0, or canary step i -> step i + 1 (share must grow)."""
+    """shadow -> canary step 0, or canary step i -> step i + 1 (share: the challenger's A/B share)."""
     if state.phase == "shadow" and step != 0:
         raise RolloutError(f"shadow can only advance to canary step 0, not {step}")
     if state.phase == "canary" and step != state.step + 1:
@@ -153,7 +185,7 @@ def enter_canary_step(
     if state.phase not in ACTIVE:
         raise RolloutError(f"cannot enter a canary step from {state.phase}")
     new = replace(state, phase="canary", step=step, share=share, phase_started=now, updated=now, reason=reason)
-    return new, _entry(state, new, now, actor, "canary_step", reason, step=step, share=share)
+    return new, _entry(state, new, now, actor, "canary_step", reason, step=step, share=share, **details)
 
 
 def complete(state: RolloutState, now: float, actor: str, reason: str) -> tuple[RolloutState, AuditEntry]:
@@ -242,3 +274,43 @@ def set_champion(
         reason=reason,
     )
     return new, _entry(state, new, now, actor, "set_champion", reason)
+
+
+# --- registry intents -----------------------------------------------------------------------------------
+INTENTS = ("promote", "reject", "restore")
+
+
+def intend(
+    state: RolloutState,
+    action: str,
+    champion: ModelRef | None,
+    previous: ModelRef | None,
+    rejected: ModelRef | None,
+    reason: str,
+    actor: str,
+    now: float,
+) -> RolloutState:
+    """`state` carrying the registry move it implies, to be applied after this state is written.
+
+    promote: `champion` takes the champion alias, `previous` is marked previous (the first champion:
+    previous None); restore: the same move back to an earlier champion; reject: `rejected` is
+    tagged rejected and loses the challenger alias, the champion alias stays.
+    """
+    if action not in INTENTS:
+        raise RolloutError(f"unknown registry intent {action!r}; expected one of {INTENTS}")
+
+    def ref(r: ModelRef | None) -> dict[str, str] | None:
+        return asdict(r) if r is not None else None
+
+    return replace(
+        state,
+        pending={
+            "action": action,
+            "champion": ref(champion),
+            "previous": ref(previous),
+            "rejected": ref(rejected),
+            "reason": reason,
+            "actor": actor,
+            "when": now,
+        },
+    )

@@ -90,6 +90,7 @@ def test_report_names_the_failed_stage_and_what_never_ran(paths):
         "train_ranker": "not_run",
         "gate": "not_run",
         "package": "not_run",
+        "rollout": "not_run",
     }
     assert summary["headline"].startswith("ingest failed")
     html = (folder / "index.html").read_text()
@@ -112,3 +113,55 @@ def test_a_stale_registration_record_is_not_a_registered_version(paths):
     assert registry.version_of_bundle(bundle, paths.registered("search")) is None
     registry.client.create_registered_model("hatchery-search")
     assert registry.version_of_bundle(bundle, paths.registered("search")) is None
+
+
+def test_report_shows_each_rollout_phase_with_its_interval_and_the_audit_trail(paths):
+    run_id = "manual__2026-01-02T00:00:00+00:00"
+    plan = {
+        "charter": "semantic_search",
+        "domain": "search",
+        "stages": [],
+        "data_stages": [],
+        "workspace": str(paths.root / "ws"),
+    }
+    folder = paths.incubation_run(run_id, "semantic_search")
+    write_json(folder / "plan.json", plan)
+    quality = {
+        "test": "non_inferiority",
+        "verdict": "harm",
+        "diff": -0.21,
+        "lower": -0.3123,
+        "upper": -0.1077,
+        "confidence": 0.9,
+        "power": 0.97,
+        "total_impressions": [1900, 101],
+    }
+    result = {
+        "phase": "rolled_back",
+        "champion": "1",
+        "previous_champion": None,
+        "reason": "guardrail breached: online quality: ...",
+        "design": {"alpha": 0.05, "delta": 0.05, "power": 0.8, "rho": 846.0, "info_plan": 5207.0},
+        "phases": [
+            {"phase": "shadow", "step": -1, "share": 0.0, "decision": "advance", "reasons": ["exit criteria met"],
+             "challenger_requests": 120, "challenger_error_rate": 0.0, "challenger_p99_ms": 30.0, "quality": None,
+             "interleaving": None},
+            {"phase": "canary", "step": 0, "share": 0.05, "decision": "rollback", "reasons": ["online quality: harm"],
+             "challenger_requests": 101, "challenger_error_rate": 0.0, "challenger_p99_ms": 31.0, "quality": quality,
+             "interleaving": {"sessions": 200, "mean": -0.3, "lower": -0.41, "upper": -0.19,
+                              "verdict": "champion_preferred"}},
+        ],
+        "audit": [
+            {"when": 1767225600.0, "actor": "airflow:x", "action": "rollback", "from_phase": "canary",
+             "to_phase": "rolled_back", "from_version": "2", "to_version": "1", "reason": "guardrail breached"},
+        ],
+    }  # fmt: skip
+    with lifecycle.recorded(run_id, "semantic_search", "rollout", "rollout") as entry:
+        entry["result"] = result
+    with pytest.raises(report.LifecycleFailed):  # the other stages never ran in this test
+        report.run("semantic_search", run_id, paths)
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["rollout"]["phase"] == "rolled_back" and summary["rollout"]["champion"] == "1"
+    html = (folder / "index.html").read_text()
+    for shown in ("[-0.3123, -0.1077]", "harm", "champion_preferred", "2026-01-01 00:00:00", "airflow:x", "1900 / 101"):
+        assert shown in html, shown

@@ -67,3 +67,51 @@ def test_unknown_stage_is_named(search_charter):
     with pytest.raises(CharterError, match=charter.stages[0]):
         check_stages(charter, ["ingest", "validate", "split"])
     check_stages(charter, list(charter.stages) + ["split"])
+
+
+def test_an_old_charter_with_point_estimate_ratios_still_parses(search_charter):
+    """Before the sequential test: min_primary_ratio per phase, no quality section, no holdback."""
+    raw = copy.deepcopy(search_charter)
+    for key in ("quality", "holdback", "interleaving_share"):
+        raw["rollout"].pop(key)
+    raw["rollout"]["shadow"]["exit"]["min_primary_ratio"] = 0.0
+    for step, ratio in zip(raw["rollout"]["canary"], (0.98, 1.0, 1.0), strict=True):
+        step["success"].pop("test")
+        step["success"]["min_primary_ratio"] = ratio
+    plan = parse_charter(raw).rollout
+    assert [c.success.quality_test() for c in plan.canary] == ["non_inferiority"] * 3
+    assert plan.quality.false_rollback_rate == 0.05 and plan.holdback == 0.05
+    assert plan.ab_share(2) == pytest.approx(0.95)  # the 100 % step keeps the default holdback
+    raw["rollout"]["canary"][0]["success"]["min_primary_ratio"] = 0.0
+    assert parse_charter(raw).rollout.canary[0].success.quality_test() == "none"
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda r: r.update(holdback=0.0), r"canary\[2\] sends all traffic to the challenger and tests quality"),
+        (lambda r: r["quality"].update(false_rollback_rate=0.5), "rollout.quality.false_rollback_rate"),
+        (lambda r: r["quality"].update(power=0.4), "rollout.quality.power"),
+        (lambda r: r["shadow"]["exit"].update(test="non_inferiority"), "no online quality to test"),
+        (lambda r: r["canary"][0]["success"].update(test="ratio"), "rollout.canary.0.success.test"),
+    ],
+)
+def test_bad_rollout_quality_is_named(search_charter, edit, message):
+    raw = copy.deepcopy(search_charter)
+    edit(raw["rollout"])
+    with pytest.raises(CharterError, match=message):
+        parse_charter(raw)
+
+
+def test_a_last_step_without_holdback_may_skip_the_quality_test(search_charter):
+    raw = copy.deepcopy(search_charter)
+    raw["rollout"]["holdback"] = 0.0
+    raw["rollout"]["canary"][2]["success"]["test"] = "none"
+    assert parse_charter(raw).rollout.ab_share(2) == 1.0
+
+
+def test_interleaving_is_for_search_only():
+    raw = yaml.safe_load((CHARTERS / "personalised_recommendations.yaml").read_text())
+    raw["rollout"]["interleaving_share"] = 0.1
+    with pytest.raises(CharterError, match="interleaving needs ranked search results"):
+        parse_charter(raw)
