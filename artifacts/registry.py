@@ -6,17 +6,33 @@ unchanged bundle is never registered twice). Aliases:
   champion    the version that serves (moved by the rollout in one call: atomic for readers)
 Tags on a version: bundle_hash, data_version, git_commit, gate_run_id (the gate run whose per-unit
 results it passed with), rollout_status (champion | previous_champion | rejected), rollout_reason.
+
+Integrity (artifacts/integrity.py): a version also carries bundle_sha256, the digest of the sha256
+manifest shipped beside its bundle; a downloaded bundle is checked against it before anything of it is
+parsed (versions registered before manifests: against bundle_hash). The gate's pass is recorded as
+gate_passed_bundle = that digest: `gated_challenger()` refuses a `challenger` alias without it (an
+alias set by hand), and a rejection consumes it.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
 
 from artifacts.files import content_hash, read_json
-from artifacts.paths import REPO_ROOT, Paths, tracking_uri
+from artifacts.integrity import (
+    MANIFEST_FILE,
+    BundleIntegrityError,
+    bundle_files,
+    manifest_digest,
+    verify_against_digest,
+    write_manifest,
+)
+from artifacts.paths import REPO_ROOT, Paths, dev_mode, tracking_uri
 from components.rollout.state import ModelRef
 
 log = logging.getLogger(__name__)
@@ -25,6 +41,8 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 MODEL_NAMES = {"search": "hatchery-search", "recommend": "hatchery-recommend"}
 BUNDLE_HASH_TAG = "bundle_hash"
 GATE_RUN_TAG = "gate_run_id"
+BUNDLE_SHA256_TAG = "bundle_sha256"
+GATE_PASS_TAG = "gate_passed_bundle"
 STATUS_TAG, REASON_TAG = "rollout_status", "rollout_reason"
 # What loading a bundle imports, pinned from the installed versions into the registered model.
 BUNDLE_PACKAGES = {
@@ -142,16 +160,20 @@ class Registry:
         if existing is not None:
             log.info("bundle %s already registered as %s v%s", bundle_hash, self.name, existing.version)
             return existing, False
-        info = mlflow.pyfunc.log_model(
-            name=f"{domain}_bundle",
-            python_model=str(PYFUNC),
-            artifacts={"bundle": str(bundle)},
-            code_paths=[str(p) for p in CODE_PATHS],
-            pip_requirements=pinned_requirements(domain),
-            registered_model_name=self.name,
-        )
+        with tempfile.TemporaryDirectory() as tmp:
+            # The manifest travels beside the bundle (artifacts/SHA256SUMS.json next to artifacts/bundle/).
+            sums = Path(tmp) / MANIFEST_FILE
+            digest = manifest_digest(write_manifest(bundle, sums))
+            info = mlflow.pyfunc.log_model(
+                name=f"{domain}_bundle",
+                python_model=str(PYFUNC),
+                artifacts={"bundle": str(bundle), "bundle_sha256": str(sums)},
+                code_paths=[str(p) for p in CODE_PATHS],
+                pip_requirements=pinned_requirements(domain),
+                registered_model_name=self.name,
+            )
         version = str(info.registered_model_version)
-        for key, value in {**tags, BUNDLE_HASH_TAG: bundle_hash}.items():
+        for key, value in {**tags, BUNDLE_HASH_TAG: bundle_hash, BUNDLE_SHA256_TAG: digest}.items():
             self.client.set_model_version_tag(self.name, version, key, value)
         if description:
             self.client.update_model_version(self.name, version, description=description)
@@ -159,11 +181,19 @@ class Registry:
         return self.get(version), True
 
     def set_challenger(self, version: str | int, gate_run_id: str) -> None:
-        """The gate's pass: the version remembers the gate run, then takes the `challenger` alias."""
-        if self.is_alias(CHALLENGER, version):
+        """The gate's pass: the version remembers the gate run and the bundle digest it passed (the pass
+        record `gated_challenger` asks for), then takes the `challenger` alias."""
+        if self.is_alias(CHALLENGER, version) and self.gate_pass_problem(self.get(version)) is None:
             log.info("%s v%s already holds the %s alias: nothing to change", self.name, version, CHALLENGER)
             return
+        digest = self.bundle_digest(self.get(version))
+        if digest is None:
+            raise BundleIntegrityError(
+                f"{self.name} v{version} records no bundle digest: register it with pipelines/register.py "
+                "(or Registry.record_bundle) before the gate can pass it"
+            )
         self.client.set_model_version_tag(self.name, str(version), GATE_RUN_TAG, gate_run_id)
+        self.client.set_model_version_tag(self.name, str(version), GATE_PASS_TAG, digest)
         self.client.set_registered_model_alias(self.name, CHALLENGER, str(version))
         log.info("%s v%s is now the %s", self.name, version, CHALLENGER)
 
@@ -185,31 +215,169 @@ class Registry:
         self.client.set_model_version_tag(self.name, challenger.version, STATUS_TAG, "rejected")
         self.client.set_model_version_tag(self.name, challenger.version, REASON_TAG, reason[:500])
         self.drop_challenger(challenger.version)
+        self.drop_gate_pass(challenger.version)
+
+    def apply(self, intent: dict[str, Any]) -> None:
+        """Carry out a rollout's registry intent (components.rollout.intend); idempotent, so a crashed
+        move is simply applied again on the next start.
+
+        promote / restore: `champion` takes the champion alias, `previous` is marked previous;
+        reject: `rejected` is tagged rejected and loses the challenger alias.
+        """
+
+        def ref(key: str) -> ModelRef | None:
+            raw = intent.get(key)
+            return ModelRef(**raw) if raw else None
+
+        action, reason = intent["action"], str(intent.get("reason", ""))
+        if action in ("promote", "restore"):
+            self.promote(ref("champion"), ref("previous"), reason)
+        elif action == "reject":
+            self.reject(ref("rejected"), reason)
+        else:
+            raise ValueError(f"unknown registry intent {action!r}")
+
+    def disagreement(self, champion: ModelRef | None) -> str | None:
+        """Why the champion alias and a rollout state's champion differ, or None when they agree.
+
+        A local bundle folder (tests, laptops) has no alias: nothing to compare.
+        """
+        if champion is not None and not self.is_registered(champion):
+            return None
+        have = self.version(CHAMPION)
+        have_v = str(have.version) if have is not None else None
+        want_v = champion.version if champion is not None else None
+        return None if have_v == want_v else f"the {CHAMPION} alias is v{have_v}, the rollout state says v{want_v}"
 
     def drop_challenger(self, version: str | int) -> None:
         if self.is_alias(CHALLENGER, version):
             self.client.delete_registered_model_alias(self.name, CHALLENGER)
 
+    # --- integrity and the gate's pass record ---------------------------------------------------------
+    def record_bundle(self, version: str | int, bundle: Path) -> str:
+        """Tag a version with the manifest digest of its bundle folder (register does this; tests that
+        create versions by hand call it too); returns the digest."""
+        digest = manifest_digest(bundle_files(bundle))
+        self.client.set_model_version_tag(self.name, str(version), BUNDLE_SHA256_TAG, digest)
+        return digest
+
+    def bundle_digest(self, version) -> str | None:
+        """What a version's bundle must match: its sha256 manifest digest, else (registered before
+        manifests) its md5 content hash; None when it records neither."""
+        if version is None:
+            return None
+        return self.tag(version, BUNDLE_SHA256_TAG) or self.tag(version, BUNDLE_HASH_TAG)
+
+    def gate_pass_problem(self, version) -> str | None:
+        """Why a version cannot be rolled out or packaged as the gate's challenger, or None when it carries
+        the gate's pass record for its own bundle."""
+        if version is None:
+            return "no such version"
+        digest, passed = self.bundle_digest(version), self.tag(version, GATE_PASS_TAG)
+        if digest is None:
+            return f"{self.name} v{version.version} records no bundle digest (not registered by pipelines/register.py)"
+        if passed != digest:
+            why = "no gate pass" if not passed else "a gate pass for a different bundle"
+            return (
+                f"{self.name} v{version.version} holds the `{CHALLENGER}` alias but has {why} for its bundle: "
+                "set by hand? run the gate"
+            )
+        return None
+
+    def gated_challenger(self) -> ModelRef | None:
+        """The `challenger` alias's version as a ModelRef, only if the gate passed this very bundle; None
+        without the alias. Raises BundleIntegrityError for an alias without the pass record."""
+        v = self.version(CHALLENGER)
+        if v is None:
+            return None
+        problem = self.gate_pass_problem(v)
+        if problem is not None:
+            raise BundleIntegrityError(problem)
+        return ModelRef(version=str(v.version), uri=model_uri(self.name, v.version))
+
+    def drop_gate_pass(self, version: str | int) -> None:
+        """A rejected rollout consumes the pass: the same version needs the gate again to be a challenger."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.delete_model_version_tag(self.name, str(version), GATE_PASS_TAG)
+        except MlflowException:  # no pass recorded: nothing to drop
+            pass
+
+    def verify_download(self, version, bundle: Path) -> None:
+        """Check a downloaded bundle against what the registry recorded for `version`, before any of it is
+        parsed. Raises BundleIntegrityError; a version recording no digest is refused outside dev mode."""
+        sha = self.tag(version, BUNDLE_SHA256_TAG)
+        if sha:
+            verify_against_digest(bundle, sha, bundle.parent / MANIFEST_FILE)
+            return
+        legacy = self.tag(version, BUNDLE_HASH_TAG)
+        if legacy:
+            if content_hash(bundle) != legacy:
+                raise BundleIntegrityError(f"{bundle} differs from {self.name} v{version.version}'s bundle_hash")
+            log.warning(
+                "%s v%s checked by its md5 bundle_hash only (registered before sha256 manifests)",
+                self.name,
+                version.version,
+            )
+            return
+        if dev_mode():
+            log.warning("%s v%s records no bundle digest: loaded UNVERIFIED (dev mode)", self.name, version.version)
+            return
+        raise BundleIntegrityError(
+            f"{self.name} v{version.version} records no bundle digest (not registered by pipelines/register.py): "
+            "refused (HATCHERY_ENV=dev loads it unverified)"
+        )
+
     # --- artifacts --------------------------------------------------------------------------------
     def download_bundle(self, uri: str, cache: Path) -> Path:
-        """The bundle folder of `models:/<name>/<version>`, downloaded once into `cache`/<name>/<version>."""
+        """The bundle folder of `models:/<name>/<version>`, downloaded once into `cache`/<name>/<version>.
+
+        Checked against the version's recorded digest every time it is handed out (verify_download),
+        before anything of it is parsed: a download that fails is deleted and refused
+        (BundleIntegrityError); a cached copy that fails is set aside and downloaded again.
+        """
         name, _, version = uri.removeprefix("models:/").partition("/")
         target = Path(cache) / name / version
-        found = sorted(target.rglob("manifest.json")) if target.exists() else []
-        if not found:
-            import mlflow
+        registered = self.get(version)
+        if registered is None:
+            raise FileNotFoundError(f"{uri}: the registry has no such version")
+        bundle = _bundle_in(target)
+        if bundle is not None:
+            try:
+                self.verify_download(registered, bundle)
+                return bundle
+            except BundleIntegrityError as exc:
+                log.error("cached %s fails its integrity check (%s): downloading it again", uri, exc)
+                aside = target.with_name(f".{version}.{uuid.uuid4().hex[:8]}")
+                target.rename(aside)  # a leftover the start-up sweep removes (artifacts.files.sweep_stale)
+                shutil.rmtree(aside, ignore_errors=True)
+        import mlflow
 
-            mlflow.set_tracking_uri(tracking_uri(self.paths))
-            tmp = target.with_name(f".{version}.{uuid.uuid4().hex[:8]}")
-            tmp.parent.mkdir(parents=True, exist_ok=True)
+        mlflow.set_tracking_uri(tracking_uri(self.paths))
+        tmp = target.with_name(f".{version}.{uuid.uuid4().hex[:8]}")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        try:
             mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp))
-            if not target.exists():  # a concurrent download may have won; either copy is the same version
-                tmp.rename(target)
-            found = sorted(target.rglob("manifest.json"))
-            if not found:
+            fresh = _bundle_in(tmp)
+            if fresh is None:
                 raise FileNotFoundError(f"{uri} has no bundle (no manifest.json among its artifacts)")
-        # The pyfunc keeps the bundle as artifacts/bundle/; the shallowest manifest is the bundle's own.
-        return min(found, key=lambda p: len(p.parts)).parent
+            self.verify_download(registered, fresh)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if not target.exists():  # a concurrent download may have won; either copy is the same version
+            tmp.rename(target)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return _bundle_in(target)
+
+
+def _bundle_in(folder: Path) -> Path | None:
+    """The bundle folder inside a downloaded model: the pyfunc keeps it as artifacts/bundle/, and the
+    shallowest manifest.json is the bundle's own. None when there is none."""
+    found = sorted(Path(folder).rglob("manifest.json")) if Path(folder).exists() else []
+    return min(found, key=lambda p: len(p.parts)).parent if found else None
 
 
 def local_bundle(uri: str, paths: Paths) -> Path:

@@ -42,12 +42,16 @@ def resolve_encoder_path(name_or_path: str) -> str:
 
 
 def load_encoder(name_or_path: str = DEFAULT_ENCODER, device: torch.device | None = None):
-    """(model, tokenizer) on `device`, in eval mode, loaded offline."""
+    """(model, tokenizer) on `device`, in eval mode, loaded offline.
+
+    Weights from safetensors only: a pickled `pytorch_model.bin` can run code when loaded, so a folder
+    without model.safetensors is an error, not a fallback.
+    """
     from transformers import AutoModel, AutoTokenizer
 
     path = resolve_encoder_path(name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModel.from_pretrained(path, local_files_only=True)
+    model = AutoModel.from_pretrained(path, local_files_only=True, use_safetensors=True)
     model.to(device or pick_device()).eval()
     return model, tokenizer
 

@@ -4,7 +4,8 @@
 Bento arguments (model_uri=models:/<name>@challenger, bundle_dir=<bundle>) and HATCHERY_MODEL_URI in
 the env. The Bento version is <domain>-v<model version>-<code hash>, so a re-run with nothing changed
 builds nothing; .bentoignore keeps outputs and BENTOML_HOME out of the build context. Only a version
-holding the `challenger` alias (the gate's pass) is packaged.
+holding the `challenger` alias AND the gate's pass record for its own bundle is packaged
+(Registry.gated_challenger): an alias set by hand is refused.
 
 Bentos go to BENTOML_HOME (default <HATCHERY_HOME>/bentoml_home). Output: reports/package/<domain>.json.
 
@@ -24,6 +25,7 @@ from typing import Any
 import yaml
 
 from artifacts.files import write_json
+from artifacts.integrity import BundleIntegrityError
 from artifacts.paths import REPO_ROOT, Paths
 from artifacts.registry import CHALLENGER, CHAMPION, Registry
 from components.charter import Charter
@@ -54,7 +56,10 @@ def code_hash(bentofile: Path = BENTOFILE) -> str:
 def run(charter: Charter, paths: Paths, bundle_dir: Path | None = None) -> dict[str, Any]:
     """Build the Bento of `<registered_model>@challenger`; return {"bento": tag, ...}."""
     registry = Registry(charter.registered_model, paths)
-    version = registry.version(CHALLENGER)
+    try:
+        version = registry.gated_challenger()
+    except BundleIntegrityError as exc:
+        raise PackagingError(str(exc)) from None
     current = registry.version_of_bundle(paths.bundle(charter.domain), paths.registered(charter.domain))
     serving = registry.version(CHAMPION)
     if version is None and current is not None and serving is not None and str(serving.version) == str(current.version):

@@ -1,13 +1,16 @@
 """register: a domain's bundle as ONE version of its MLflow registered model, idempotently.
 
 The bundle folder is the model's artifact, loaded by the models-from-code entry artifacts/pyfunc.py
-(no pickled code); the version is tagged with the bundle's content hash, the data version and the
-git commit. An unchanged bundle returns the existing version instead of a new one. Aliases are the
-gate's and the rollout's job (artifacts/registry.py).
+(no pickled code), with a sha256 manifest of its files beside it (artifacts/integrity.py); the
+version is tagged with the bundle's content hash, the manifest's digest (what a download is checked
+against before loading), the data version and the git commit. An unchanged bundle returns the
+existing version instead of a new one. Aliases are the gate's and the rollout's job
+(artifacts/registry.py).
 
 DVC stages `register_search` and `register_recommend` run this module for their domain.
 
-Output: models/<domain>/registered.json {"name", "version", "bundle_hash", "created", "run_id"}
+Output: models/<domain>/registered.json {"name", "version", "bundle_hash", "bundle_sha256", "created",
+"run_id"} (bundle_sha256 is null for a version registered before manifests)
 
 Usage: python -m pipelines.register search|recommend
 """
@@ -20,7 +23,7 @@ import sys
 from artifacts.bundles import read_manifest
 from artifacts.files import content_hash, write_json
 from artifacts.paths import DOMAINS, Paths
-from artifacts.registry import BUNDLE_HASH_TAG, Registry
+from artifacts.registry import BUNDLE_HASH_TAG, BUNDLE_SHA256_TAG, Registry
 from components.config import Params
 from pipelines.common import git_commit, load_params, mlflow_run
 
@@ -57,6 +60,7 @@ def run(domain: str, params: Params, paths: Paths) -> dict:
         "name": registry.name,
         "version": int(version.version),
         "bundle_hash": registry.tag(version, BUNDLE_HASH_TAG),
+        "bundle_sha256": registry.tag(version, BUNDLE_SHA256_TAG),
         "created": created,
         "run_id": run_id,
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -9,7 +10,13 @@ import pytest
 
 from artifacts.paths import REPO_ROOT, Paths
 
-SHARED = Path(__import__("os").environ.get("HATCHERY_DATA_DIR", REPO_ROOT.parent / "shared" / "datasets"))
+SHARED = Path(os.environ.get("HATCHERY_DATA_DIR", REPO_ROOT.parent / "shared" / "datasets"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Tests run in dev mode unless told otherwise (as `make test` does): the development salt and
+    hand-made registry versions are allowed; tests of the non-dev behaviour unset it themselves."""
+    os.environ.setdefault("HATCHERY_ENV", "dev")
 
 
 @pytest.fixture(scope="session")

@@ -5,14 +5,25 @@ default charter, follow the runs to the end, print the Airflow, MLflow and repor
     .venv/bin/python infra/airflow/run_lifecycle.py --charter semantic_search --override data.search.path=/data
     .venv/bin/python infra/airflow/run_lifecycle.py --stop            # stop the Airflow it started
 
-Airflow runs as `airflow standalone` (api-server + scheduler + dag-processor + triggerer, LocalExecutor,
-SQLite) with AIRFLOW_HOME=<repo>/airflow_home, on http://localhost:$AIRFLOW_PORT (8080). Everything is
-configured by environment only: point AIRFLOW__DATABASE__SQL_ALCHEMY_CONN / AIRFLOW__CORE__EXECUTOR at
-servers to scale out. An Airflow already answering on the port is reused (and left running).
+Airflow runs as its four components, each its own process (`airflow db migrate`, then api-server,
+scheduler, dag-processor, triggerer; LocalExecutor, SQLite) with AIRFLOW_HOME=<repo>/airflow_home, on
+http://127.0.0.1:$AIRFLOW_PORT (8080); logs and pids in airflow_home/<component>.log|.pid. Not
+`airflow standalone`: it starts the scheduler's and the triggerer's log servers (8793, 8794) on every
+interface (the host is hard-coded in airflow/utils/serve_logs). Here they are not started at all
+(--skip-serve-logs): with the LocalExecutor on one machine the API server reads task logs from the
+log folder. Every server this script starts binds loopback (airflow_processes() lists them); set
+AIRFLOW__API__HOST=0.0.0.0 to expose the API server on purpose. Everything is configured by environment
+only: point AIRFLOW__DATABASE__SQL_ALCHEMY_CONN / AIRFLOW__CORE__EXECUTOR at servers to scale out. An
+Airflow already answering on the port is reused (and left running).
 
 The REST API (Airflow 3, /api/v2) takes a JWT: POST /auth/token with the simple auth manager's user
-(`admin`) and the password standalone generates into
-$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated.
+(`admin`) and the password the API server generates into
+$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated (created here first, mode 0600, so only
+this user can read it; the component logs, which echo it once, are 0600 too).
+
+Dev mode: with no HATCHERY_PSEUDONYM_SALT (and no HATCHERY_ENV), this sets HATCHERY_ENV=dev for
+everything it starts (the public development salt; artifacts/paths.py) and says so. At start it also
+sweeps leftovers of interrupted writes and stale DVC workspaces (artifacts.files.sweep_outputs).
 
 The same from the command line (with the scheduler running, e.g. after this script):
     export AIRFLOW_HOME=$PWD/airflow_home AIRFLOW__CORE__DAGS_FOLDER=$PWD/dags AIRFLOW__CORE__LOAD_EXAMPLES=False
@@ -20,13 +31,13 @@ The same from the command line (with the scheduler running, e.g. after this scri
     .venv/bin/airflow dags trigger incubation --conf '{"charter": "personalised_recommendations", "overrides": {}}'
     .venv/bin/airflow dags list-runs incubation
 
-MLflow's UI is started beside it (`mlflow ui` on $MLFLOW_PORT, 5000) unless something answers there.
+MLflow's UI is started beside it (`mlflow ui` on 127.0.0.1:$MLFLOW_PORT, 5000) unless something answers there.
 
 The Hatchery BentoML service (`bentoml serve services.service:Hatchery`) is started first, on
 http://127.0.0.1:$HATCHERY_SERVICE_PORT (3000, localhost only; log and pid in airflow_home/), unless
 something answers there; its URL is exported to Airflow as HATCHERY_SERVICE_URL for the rollout task. It
 may start before any champion exists: it follows the rollout state file, which the rollout task writes.
-`--stop` stops the service, Airflow and the MLflow UI this script started.
+`--stop` stops the service, the Airflow components and the MLflow UI this script started.
 
 Exit status: 0 when every run succeeded, 1 when any failed (the reasons are printed), 2 on setup errors.
 Stdlib only: it must run before anything else is importable.
@@ -50,6 +61,13 @@ sys.path.insert(0, str(REPO))  # run as a script: services.launch starts the Ben
 DAG_ID = "incubation"
 POOL = "hatchery_dvc"
 DEFAULT_CHARTERS = ("semantic_search", "personalised_recommendations")
+PASSWORD_FILE = "simple_auth_manager_passwords.json.generated"
+AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+# What --stop stops, in order (`standalone`: a pid file left by an older version of this script).
+STARTED = ("service", *AIRFLOW_COMPONENTS, "standalone", "mlflow")
+
+
+SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 
 
 def airflow_env() -> dict[str, str]:
@@ -67,8 +85,13 @@ def airflow_env() -> dict[str, str]:
     # password); set AIRFLOW__API__HOST=0.0.0.0 to expose it.
     env.setdefault("AIRFLOW__API__HOST", "127.0.0.1")
     env.setdefault("AIRFLOW__API__BASE_URL", f"http://127.0.0.1:{port}")
+    env.setdefault("AIRFLOW__CORE__AUTH_MANAGER", SIMPLE_AUTH_MANAGER)
+    # Only used when the scheduler's health check is switched on; its default host is every interface.
+    env.setdefault("AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST", "127.0.0.1")
     # Tasks find the repository (pipelines/) and write outputs beside it.
     env.setdefault("HATCHERY_HOME", str(REPO))
+    if not env.get("HATCHERY_PSEUDONYM_SALT") and not env.get("HATCHERY_ENV"):
+        env["HATCHERY_ENV"] = "dev"  # the embedded defaults; main() says so
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     return env
 
@@ -91,7 +114,7 @@ class Api:
 
     def login(self) -> str:
         if self.token is None:
-            passwords = json.loads((self.home / "simple_auth_manager_passwords.json.generated").read_text())
+            passwords = json.loads((self.home / PASSWORD_FILE).read_text())
             user, password = next(iter(passwords.items()))
             self.token = self._request("POST", "/auth/token", {"username": user, "password": password}, auth=False)[
                 "access_token"
@@ -117,45 +140,84 @@ def api_up(base: str) -> bool:
         return False
 
 
-def start_airflow(env: dict[str, str]) -> subprocess.Popen | None:
-    """`airflow standalone` in the background (logs in airflow_home/standalone.log), unless one is up."""
+def airflow_processes(env: dict[str, str]) -> list[tuple[str, list[str]]]:
+    """(name, argv) of every Airflow server `make run` starts, in start order; each binds loopback
+    (the API server on AIRFLOW__API__HOST) or serves nothing (--skip-serve-logs: no log server)."""
+    airflow = str(Path(sys.executable).parent / "airflow")
+    host, port = env["AIRFLOW__API__HOST"], env["AIRFLOW__API__PORT"]
+    return [
+        ("api-server", [airflow, "api-server", "--host", host, "--port", port]),
+        ("scheduler", [airflow, "scheduler", "--skip-serve-logs"]),
+        ("dag-processor", [airflow, "dag-processor"]),
+        ("triggerer", [airflow, "triggerer", "--skip-serve-logs"]),
+    ]  # fmt: skip
+
+
+def private_file(path: Path) -> Path:
+    """Create `path` if missing and make it 0600 (owner read/write only), whatever the umask."""
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600))
+    os.chmod(path, 0o600)
+    return path
+
+
+def start_airflow(env: dict[str, str]) -> list[subprocess.Popen] | None:
+    """`airflow db migrate`, then the four components in the background (logs and pids in AIRFLOW_HOME),
+    unless an Airflow is up already (None); waits until the scheduler reports healthy."""
     base = env["AIRFLOW__API__BASE_URL"]
     if api_up(base):
         print(f"reusing the Airflow already running at {base}")
         return None
     home = Path(env["AIRFLOW_HOME"])
     home.mkdir(parents=True, exist_ok=True)
-    log = (home / "standalone.log").open("ab")
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "airflow"), "standalone"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    (home / "standalone.pid").write_text(str(proc.pid))
-    print(f"started airflow standalone (pid {proc.pid}); log: {home / 'standalone.log'}")
+    # The simple auth manager appends to this file ("a+"): created 0600 first, it stays 0600.
+    private_file(home / PASSWORD_FILE)
+    migrate_log = private_file(home / "db-migrate.log")
+    with migrate_log.open("ab") as log:
+        airflow = str(Path(sys.executable).parent / "airflow")
+        done = subprocess.run([airflow, "db", "migrate"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        sys.exit(f"airflow db migrate exited with {done.returncode}: see {migrate_log}")
+    procs = []
+    for name, argv in airflow_processes(env):
+        log_path = private_file(home / f"{name}.log")  # the API server prints the generated password once
+        with log_path.open("ab") as log:
+            proc = subprocess.Popen(
+                argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )  # fmt: skip
+        (home / f"{name}.pid").write_text(str(proc.pid))
+        procs.append(proc)
+        print(f"started airflow {name} (pid {proc.pid}); log: {log_path}")
     deadline = time.time() + 600
     while not api_up(base):
-        if proc.poll() is not None:
-            sys.exit(f"airflow standalone exited with {proc.returncode}: see {home / 'standalone.log'}")
+        for (name, _), proc in zip(airflow_processes(env), procs, strict=True):
+            if proc.poll() is not None:
+                sys.exit(f"airflow {name} exited with {proc.returncode}: see {home / f'{name}.log'}")
         if time.time() > deadline:
-            sys.exit(f"Airflow did not become healthy in 10 minutes: see {home / 'standalone.log'}")
+            sys.exit(f"Airflow did not become healthy in 10 minutes: see the logs in {home}")
         time.sleep(3)
-    return proc
+    os.chmod(home / PASSWORD_FILE, 0o600)  # in case it was replaced rather than appended to
+    return procs
+
+
+def mlflow_ui_command(env: dict[str, str]) -> list[str]:
+    """`mlflow ui` over HATCHERY_HOME's store, on 127.0.0.1:$MLFLOW_PORT (MLFLOW_HOST is not honoured)."""
+    store = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(env['HATCHERY_HOME']) / 'mlflow.db'}"
+    mlflow = str(Path(sys.executable).parent / "mlflow")
+    return [mlflow, "ui", "--backend-store-uri", store, "--host", "127.0.0.1", "--port", env.get("MLFLOW_PORT", "5000")]
 
 
 def start_mlflow_ui(env: dict[str, str]) -> str:
-    """`mlflow ui` over HATCHERY_HOME's store in the background (pid in airflow_home/mlflow.pid)."""
-    port = env.get("MLFLOW_PORT", "5000")
-    url = f"http://127.0.0.1:{port}"
+    """`mlflow ui` in the background (pid in airflow_home/mlflow.pid), unless something answers on its port."""
+    url = f"http://127.0.0.1:{env.get('MLFLOW_PORT', '5000')}"
     try:
         urllib.request.urlopen(url + "/health", timeout=3)
         return url  # already serving
     except (urllib.error.URLError, OSError):
         pass
     home = Path(env["AIRFLOW_HOME"])
-    store = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(env['HATCHERY_HOME']) / 'mlflow.db'}"
-    log = (home / "mlflow_ui.log").open("ab")
+    log = private_file(home / "mlflow_ui.log").open("ab")
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri", store, "--port", port],
+        mlflow_ui_command(env),
         cwd=env["HATCHERY_HOME"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     (home / "mlflow.pid").write_text(str(proc.pid))
@@ -186,8 +248,8 @@ def start_service(env: dict[str, str]) -> str:
 
 
 def stop_airflow(home: Path) -> None:
-    """Stop what this script started (service.pid, standalone.pid, mlflow.pid), each by its own process group."""
-    for name in ("service", "standalone", "mlflow"):
+    """Stop what this script started (the <name>.pid files of STARTED), each by its own process group."""
+    for name in STARTED:
         pid_file = home / f"{name}.pid"
         if not pid_file.exists():
             continue
@@ -275,7 +337,7 @@ def main() -> int:
     parser.add_argument("--charter", action="append", help="charter name (repeatable); default: both shipped")
     parser.add_argument("--override", action="append", default=[], help="dotted.key=json_value params override")
     parser.add_argument(
-        "--stop", action="store_true", help="stop the service, airflow standalone and MLflow UI this script started"
+        "--stop", action="store_true", help="stop the service, the Airflow components and MLflow UI this script started"
     )
     parser.add_argument("--stop-after", action="store_true", help="stop them once the runs end")
     args = parser.parse_args()
@@ -291,7 +353,15 @@ def main() -> int:
             overrides[key] = json.loads(raw)
         except ValueError:
             overrides[key] = raw
+    if env.get("HATCHERY_ENV") == "dev" and not env.get("HATCHERY_PSEUDONYM_SALT"):
+        print("HATCHERY_PSEUDONYM_SALT is not set: dev mode (HATCHERY_ENV=dev), user ids are pseudonymised with the "
+              "public development salt; set HATCHERY_PSEUDONYM_SALT for real data")  # fmt: skip
     os.environ.update({k: env[k] for k in ("AIRFLOW_HOME", "HATCHERY_HOME", "HATCHERY_SERVICE_URL")})
+    from artifacts.files import sweep_outputs  # stdlib only, like this script
+    from artifacts.paths import Paths
+
+    for path in sweep_outputs(Paths(root=Path(env["HATCHERY_HOME"]))):
+        print(f"swept {path}")
     service_url = start_service(env)  # before Airflow: the rollout task of the first run needs it
     started = start_airflow(env)
     if started is None and env["HATCHERY_SERVICE_URL"] != "http://127.0.0.1:3000":
@@ -336,7 +406,7 @@ def main() -> int:
     if started is not None and args.stop_after:
         stop_airflow(home)
     elif started is not None:
-        secret = home / "simple_auth_manager_passwords.json.generated"
+        secret = home / PASSWORD_FILE
         print(f"Airflow keeps running at {base} (user admin, password in {secret})")
         print("stop it with: .venv/bin/python infra/airflow/run_lifecycle.py --stop")
     return 0 if all(s == "success" for s in final.values()) else 1
