@@ -2,47 +2,77 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cksum requirements.lock | cut -d' ' -f1)
-export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+# torch: the CPU build where this machine's pip find-links folder (WHEELS) holds it, else PyPI's build.
+WHEELS ?= /opt/wheels
+TORCH_LOCK := requirements-torch$(if $(wildcard $(WHEELS)/torch-*+cpu-*.whl),-cpu).lock
+LOCKS := requirements-pip.lock $(TORCH_LOCK) requirements.lock
+STAMP := $(VENV)/.installed-$(shell cat $(LOCKS) | cksum | cut -d' ' -f1)
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+# run, test and bench work on the embedded defaults: with no HATCHERY_PSEUDONYM_SALT they run in dev mode
+# (HATCHERY_ENV=dev: the public development salt, with a warning); outside it a missing salt is an error.
+DEV := $(if $(HATCHERY_PSEUDONYM_SALT)$(HATCHERY_ENV),,HATCHERY_ENV=dev)
 
-.PHONY: venv run stop data test test-fast bench lint
+.PHONY: venv lock audit run stop data test test-fast bench lint
 
 venv: $(STAMP)
 
-# torch first with pip: pip takes the CPU wheel where the machine has one on disk (uv would fetch
-# the multi-GB CUDA build); everything else is pinned in requirements.lock and installed by uv.
-$(STAMP): requirements.lock
+# Hash-pinned locks (infra/lock.py says how they are made), each installed with --require-hashes and
+# --no-deps (every lock is a closed set of pins; `uv pip check` proves it): first the installers (a
+# current pip, and uv) with the venv's bundled pip; then torch with that pip, pinned to the CPU wheel's
+# hash where the machine has one on disk (uv, and pip given PyPI's hashes, would take the multi-GB CUDA
+# build); then everything else with uv.
+$(STAMP): $(LOCKS)
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check uv==$$(grep '^uv==' requirements.lock | cut -d= -f3)
-	$(PY) -m pip install -q --disable-pip-version-check torch==$$(grep '^torch==' requirements.lock | cut -d= -f3)
-	$(VENV)/bin/uv pip install -q --python $(PY) -r requirements.lock
+	$(PY) -m pip install -q --disable-pip-version-check --require-hashes --no-deps -r requirements-pip.lock
+	$(PY) -m pip install -q --disable-pip-version-check --require-hashes --no-deps -r $(TORCH_LOCK)
+	$(VENV)/bin/uv pip install -q --python $(PY) --require-hashes --no-deps -r requirements.lock
+	$(VENV)/bin/uv pip check --python $(PY)
 	rm -f $(VENV)/.installed-* && touch $@
 
-# Starts the embedded Airflow (standalone, SQLite, LocalExecutor) and the MLflow UI, triggers the
-# incubation DAG through the REST API once per shipped charter, follows both runs to the end and
-# prints the URLs. `make stop` stops what it started.
+# Re-hash the locks after a pin in one of them was edited (versions stay as written).
+lock:
+	$(PY) infra/lock.py --wheels $(WHEELS)
+
+# Known vulnerabilities of every pin in the locks (pip-audit with PyPI's, then OSV's advisory data, no
+# installs; infra/audit.py); what could not be checked is listed, and no answer within AUDIT_TIMEOUT
+# fails the target. Accepted: CVE-2025-69872, diskcache (DVC's cache) unpickles what its folder
+# holds; no fixed release, and only the repository's owner can write .dvc/tmp.
+AUDIT_TIMEOUT ?= 600
+AUDIT_IGNORE ?= CVE-2025-69872
+audit: venv
+	timeout $(AUDIT_TIMEOUT) $(PY) infra/audit.py $(addprefix --ignore ,$(AUDIT_IGNORE)) \
+		requirements-pip.lock requirements-torch.lock requirements.lock
+
+# Starts the embedded Airflow (its four components, SQLite, LocalExecutor, all on 127.0.0.1) and the
+# MLflow UI, triggers the incubation DAG through the REST API once per shipped charter, follows both
+# runs to the end and prints the URLs. `make stop` stops what it started.
 run: venv
-	$(PY) infra/airflow/run_lifecycle.py
+	$(DEV) $(PY) infra/airflow/run_lifecycle.py
 
 stop: venv
 	$(PY) infra/airflow/run_lifecycle.py --stop
 
 data: venv
-	dvc repro split
+	$(DEV) dvc repro split
 
 test: venv
-	$(PY) -m pytest -q
+	$(DEV) $(PY) -m pytest -q
 
 test-fast: venv
-	$(PY) -m pytest -q -m "not slow"
+	$(DEV) $(PY) -m pytest -q -m "not slow"
 
 # Benchmarks print numbers (and ratios against baselines measured in the same run); the search,
-# recommendation and serving ones need the trained bundles from `make run` or `dvc repro`.
+# recommendation, serving, rollout and soak ones need the trained bundles from `make run` or `dvc repro`.
+# The soak runs a real server for SOAK_MINUTES under load on 127.0.0.1.
+SOAK_MINUTES ?= 10
 bench: venv
-	$(PY) -m bench.data
-	$(PY) -m bench.search
-	$(PY) -m bench.recommend
-	$(PY) -m bench.serving
+	$(DEV) $(PY) -m bench.data
+	$(DEV) $(PY) -m bench.search
+	$(DEV) $(PY) -m bench.recommend
+	$(DEV) $(PY) -m bench.serving
+	$(DEV) $(PY) -m bench.rollout
+	$(DEV) $(PY) -m bench.text_fields
+	$(DEV) $(PY) -m bench.soak --minutes $(SOAK_MINUTES) --concurrency 16
 
 lint: venv
-	$(VENV)/bin/ruff check components pipelines dags services tests
+	$(VENV)/bin/ruff check components artifacts pipelines services bench dags infra tests
