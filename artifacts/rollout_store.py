@@ -1,34 +1,106 @@
 """The rollout store of one domain: state, audit trail, and the request / feedback / evaluation logs.
 
     <root>/reports/rollout/<domain>/
-      state.json         the RolloutState the service routes by (replaced atomically)
+      state.json         the RolloutState the service routes by (replaced atomically, fsynced)
       audit.jsonl        one line per state change: who or what, when, from, to, why (fsynced)
       requests.jsonl     the service: per scored request during a rollout, arm, version, latency, error, top ids
       feedback.jsonl     the replay simulator or production: per answer, the online success signal
       evaluations.jsonl  the rollout driver: per batch, the phase's numbers and decision
+      state.json.corrupt-<unix time>  a state file that did not parse, kept for the operator when a
+                         writer replaced it
 
-The rollout driver (pipelines/rollout.py) writes state and audit; the service (services/runtime.py)
-reads the state and writes the request log.
+requests.jsonl and feedback.jsonl rotate by size (requests.jsonl.1 ... .<keep>, the oldest dropped;
+HATCHERY_LOG_MAX_MB, default 64, and HATCHERY_LOG_KEEP, default 3); a rollout's readers read its
+own lines from the current file back to the rotated one its rollout began in.
+
+A state file that does not parse (truncated, edited by hand, a disk error) is CorruptState for read():
+the service then serves the registry's champion and says so (services/runtime.py). load() and the
+writers treat it as "no rollout", numbered after the last version the audit trail recorded, so the
+next driver or operator write starts over from the registry (the corrupt file is kept aside).
+
+The rollout driver (pipelines/rollout.py) and an operator's commands write state and audit; the
+service (services/runtime.py) reads the state and writes the request log.
+
+One writer at a time, and no lost update:
+  .state.lock   every state write holds it (fcntl, seconds), and compares the version it was
+                given with the file's: a writer that read an older state gets StaleState and must
+                re-read and decide again (so an operator's pause during a replay batch wins).
+  .driver.lock  held by a rollout driver for its whole run: a second driver on the domain waits
+                up to its wait_s, then gets RolloutBusy naming the holder. Operators do not take
+                it: their commands must be able to stop a running driver.
+Both are flocks: a killed process releases them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import fcntl
 import json
 import logging
+import os
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from artifacts.files import append_jsonl, read_jsonl, write_json
+from artifacts.files import append_jsonl, read_jsonl, read_rotated_jsonl, write_json
 from artifacts.paths import Paths
 from components import rollout as ro
 
 log = logging.getLogger(__name__)
 
 
+class StaleState(RuntimeError):
+    """The state changed since the writer read it (another writer won): re-read, decide again."""
+
+
+class RolloutBusy(RuntimeError):
+    """Another rollout driver holds the domain; the message names it (pid, actor, since when)."""
+
+
+class CorruptState(ValueError):
+    """The state file exists but is not a valid RolloutState; the message says where and why."""
+
+
+DEFAULT_LOG_MAX_MB, DEFAULT_LOG_KEEP = 64.0, 3  # ~160k request lines a file: a whole rollout, several times
+
+
+def log_max_bytes() -> int:
+    """HATCHERY_LOG_MAX_MB (default 64) in bytes: the size at which requests/feedback logs rotate."""
+    return int(float(os.environ.get("HATCHERY_LOG_MAX_MB") or DEFAULT_LOG_MAX_MB) * 1024 * 1024)
+
+
+def log_keep() -> int:
+    """HATCHERY_LOG_KEEP (default 3): rotated request/feedback log files kept besides the current one."""
+    return int(os.environ.get("HATCHERY_LOG_KEEP") or DEFAULT_LOG_KEEP)
+
+
+@contextlib.contextmanager
+def _flock(path: Path, blocking: bool = True) -> Iterator[Any]:
+    """An exclusive flock on `path` (created), released on exit or when the process dies."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = path.open("a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except BlockingIOError:
+        fh.close()
+        raise
+    try:
+        yield fh
+    finally:
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
+
+
 class RolloutStore:
-    def __init__(self, paths: Paths, domain: str) -> None:
+    """max_bytes / keep: the request and feedback logs' rotation (default: the environment's)."""
+
+    def __init__(self, paths: Paths, domain: str, max_bytes: int | None = None, keep: int | None = None) -> None:
         self.domain = domain
         self.folder = paths.rollout(domain)
+        self.max_bytes = log_max_bytes() if max_bytes is None else max_bytes
+        self.keep = log_keep() if keep is None else keep
 
     @property
     def state_path(self) -> Path:
@@ -52,14 +124,38 @@ class RolloutStore:
 
     # --- state ------------------------------------------------------------------------------------
     def read(self) -> ro.RolloutState | None:
-        """The stored state, or None when no rollout ever ran for the domain."""
-        if not self.state_path.exists():
+        """The stored state, or None when no rollout ever ran for the domain; CorruptState if unreadable."""
+        try:
+            raw = self.state_path.read_bytes()
+        except FileNotFoundError:
             return None
-        return ro.RolloutState.from_dict(json.loads(self.state_path.read_text()))
+        except OSError as exc:  # unreadable (permissions, a disk error): as good as corrupt for its readers
+            raise CorruptState(f"{self.state_path} cannot be read: {exc}") from exc
+        try:
+            state = ro.RolloutState.from_dict(json.loads(raw.decode("utf-8")))
+        except Exception as exc:  # noqa: BLE001 - any way a file fails to be a state is the same answer
+            raise CorruptState(
+                f"{self.state_path} is not a valid rollout state ({len(raw)} bytes): {type(exc).__name__}: {exc}"[:500]
+            ) from exc
+        if state.domain != self.domain:
+            raise CorruptState(f"{self.state_path} holds a {state.domain!r} state, not {self.domain!r}")
+        return state
 
     def load(self) -> ro.RolloutState:
-        """The stored state, or a fresh one."""
-        return self.read() or ro.RolloutState(domain=self.domain)
+        """The stored state, or a fresh one (also for a corrupt file: numbered after the audited version)."""
+        try:
+            return self.read() or ro.RolloutState(domain=self.domain)
+        except CorruptState as exc:
+            log.error("%s; acting as if no rollout ran (from version %d)", exc, self.audited_version())
+            return ro.RolloutState(domain=self.domain, version=self.audited_version())
+
+    def audited_version(self) -> int:
+        """The last state version the audit trail recorded (0 if none): what a corrupt file last held."""
+        for entry in reversed(self.audit()):
+            version = (entry.get("details") or {}).get("state_version")
+            if isinstance(version, int):
+                return version
+        return 0
 
     def mtime_ns(self) -> int | None:
         try:
@@ -67,28 +163,101 @@ class RolloutStore:
         except FileNotFoundError:
             return None
 
-    def save(self, state: ro.RolloutState, entry: ro.AuditEntry) -> ro.RolloutState:
-        """Append the audit entry (fsynced), then replace the state file in one rename."""
+    def save(self, state: ro.RolloutState, entry: ro.AuditEntry, expected: int | None = None) -> ro.RolloutState:
+        """Write `state` as the next version: audit entry first (fsynced), then the state file in one rename.
+
+        expected: the version the writer's decision was based on; StaleState if the file moved on.
+        None: write over whatever is there (a first state, or a caller that re-read under the lock).
+        Returns the state as written (its version bumped).
+        """
+        with _flock(self.folder / ".state.lock"):
+            return self._save_locked(state, entry, expected)
+
+    def transact(
+        self,
+        change: Callable[[ro.RolloutState], tuple[ro.RolloutState, ro.AuditEntry] | None],
+        expected: int | None = None,
+    ) -> ro.RolloutState:
+        """Read the current state, apply `change` (a transition) and write the result, all under the lock.
+
+        The way to act on the *current* state (an operator's command): it cannot lose an update.
+        expected: as in `save`. `change` returning None writes nothing (the current state is returned).
+        """
+        with _flock(self.folder / ".state.lock"):
+            current = self.load()
+            if expected is not None and current.version != expected:
+                raise StaleState(self._stale(current, expected))
+            changed = change(current)
+            return current if changed is None else self._save_locked(*changed, current.version)
+
+    def _stale(self, current: ro.RolloutState, expected: int) -> str:
+        return (
+            f"the {self.domain} rollout moved on to version {current.version} ({current.phase}: {current.reason!r}) "
+            f"since version {expected} was read"
+        )
+
+    def _save_locked(self, state: ro.RolloutState, entry: ro.AuditEntry, expected: int | None) -> ro.RolloutState:
+        try:
+            current = self.read()
+            have = current.version if current else 0
+        except CorruptState as exc:
+            current, have = None, self.audited_version()
+            kept = self.state_path.with_name(f"{self.state_path.name}.corrupt-{int(time.time())}")
+            os.replace(self.state_path, kept)  # the operator may want to see what broke
+            log.error("%s; kept as %s, replaced by version %d", exc, kept, have + 1)
+        if expected is not None and have != expected:
+            raise StaleState(self._stale(current, expected))
+        new = dataclasses.replace(state, version=have + 1)
+        entry = dataclasses.replace(
+            entry, details={**entry.details, "state_version": new.version, "rollout_id": new.rollout_id}
+        )
         append_jsonl(self.audit_path, entry.to_dict(), durable=True)
-        write_json(self.state_path, state.to_dict())
-        log.info("%s: %s -> %s (%s)", state.domain, entry.from_phase, entry.to_phase, entry.reason)
-        return state
+        write_json(self.state_path, new.to_dict(), durable=True)
+        log.info("%s: %s -> %s v%d (%s)", new.domain, entry.from_phase, entry.to_phase, new.version, entry.reason)
+        return new
+
+    @contextlib.contextmanager
+    def driver_lease(self, actor: str, wait_s: float = 0.0, poll_s: float = 0.5) -> Iterator[None]:
+        """Hold the domain's driver lock while the block runs; wait up to wait_s for it, else RolloutBusy."""
+        path = self.folder / ".driver.lock"
+        deadline = time.monotonic() + wait_s
+        with contextlib.ExitStack() as stack:
+            while True:
+                try:
+                    fh = stack.enter_context(_flock(path, blocking=False))
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        holder = path.read_text().strip() or "unknown"
+                        raise RolloutBusy(
+                            f"another rollout driver holds {self.domain} ({holder}); waited {wait_s:.0f} s. "
+                            "It ends when its rollout is full, rolled back or paused"
+                        ) from None
+                    time.sleep(poll_s)
+            fh.seek(0)
+            fh.truncate()
+            fh.write(json.dumps({"pid": os.getpid(), "actor": actor, "since": time.time()}))
+            fh.flush()
+            yield
 
     def audit(self) -> list[dict[str, Any]]:
         return read_jsonl(self.audit_path)
 
     # --- logs -------------------------------------------------------------------------------------
     def append_request(self, record: dict[str, Any]) -> None:
-        append_jsonl(self.requests_path, record)
+        """One request line (rotating by size); OSError when the disk is full: the service catches it."""
+        append_jsonl(self.requests_path, record, max_bytes=self.max_bytes, keep=self.keep)
 
-    def requests(self) -> list[dict[str, Any]]:
-        return read_jsonl(self.requests_path)
+    def requests(self, rollout_id: str | None = None) -> list[dict[str, Any]]:
+        """Request lines, oldest first: of one rollout (its files only), or every line the files keep."""
+        return read_rotated_jsonl(self.requests_path, self.keep, "rollout_id", rollout_id)
 
     def append_feedback(self, record: dict[str, Any]) -> None:
-        append_jsonl(self.feedback_path, record)
+        append_jsonl(self.feedback_path, record, max_bytes=self.max_bytes, keep=self.keep)
 
-    def feedback(self) -> list[dict[str, Any]]:
-        return read_jsonl(self.feedback_path)
+    def feedback(self, rollout_id: str | None = None) -> list[dict[str, Any]]:
+        """Feedback lines, oldest first: of one rollout (its files only), or every line the files keep."""
+        return read_rotated_jsonl(self.feedback_path, self.keep, "rollout_id", rollout_id)
 
     def append_evaluation(self, record: dict[str, Any]) -> None:
         append_jsonl(self.evaluations_path, record)

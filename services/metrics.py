@@ -1,4 +1,4 @@
-"""The service's Prometheus collectors: request counts and latency per model version and rollout arm.
+"""The service's Prometheus collectors: requests and latency per model version and arm, and its health.
 
 Served at /metrics next to BentoML's own; prometheus_client is imported when a Metrics is made, not
 at module import, because BentoML sets PROMETHEUS_MULTIPROC_DIR in the worker first.
@@ -27,9 +27,26 @@ class Metrics:
         self.shadow = _get_or_create(
             pc.Counter, "hatchery_shadow", "Shadow scorings of the challenger", ["domain", "model_version", "outcome"]
         )
+        # The answer never waits for, or fails on, the request log (a full disk): each lost line is counted.
+        self.log_write_errors = _get_or_create(
+            pc.Counter, "hatchery_log_write_errors", "Request log lines that could not be written", ["domain"]
+        )
+        # 1 while the domain's rollout state file does not parse and the registry's champion serves instead.
+        # livemax: BentoML marks a stopped worker dead, and its last value leaves the export with it.
+        self.state_corrupt = _get_or_create(
+            pc.Gauge,
+            "hatchery_state_corrupt",
+            "1 while the rollout state file is unreadable (the registry's champion serves)",
+            ["domain"],
+            multiprocess_mode="livemax",
+        )
 
-    def observe(self, endpoint: str, version: str, arm: str, ms: float, error: str | None) -> None:
-        self.requests.labels(endpoint, version, arm, "error" if error else "ok").inc()
+    def observe(
+        self, endpoint: str, version: str, arm: str, ms: float, error: str | None, client_error: bool = False
+    ) -> None:
+        """outcome: error (the model failed), client_error (an unknown id: the caller's mistake) or ok."""
+        outcome = "error" if error else "client_error" if client_error else "ok"
+        self.requests.labels(endpoint, version, arm, outcome).inc()
         self.latency.labels(endpoint, version, arm).observe(ms / 1000.0)
 
 

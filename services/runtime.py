@@ -14,12 +14,20 @@ A domain with none of these answers 503 with the reason; the others keep serving
 The state file is re-read when it changes (checked at most every STATE_POLL_S seconds): a new
 version is loaded in a background thread while the current one keeps answering, then swapped in
 one assignment, so no request fails during a switch.
+
+A state file that does not parse (truncated, hand-edited) is not fatal: the domain serves the
+champion it would serve with no state (2. or 3. above; at run time, every request goes to it),
+logs an ERROR, shows `state_error` in /rollout_status and sets hatchery_state_corrupt{domain} to 1,
+until a valid state is written (the file itself is left for the operator). A request-log line that
+cannot be written (a full disk) is counted in hatchery_log_write_errors_total{domain}; the answer
+goes out regardless.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import random
 import threading
 import time
 import uuid
@@ -28,13 +36,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from artifacts.bundles import load_bundle
+from artifacts.files import stale_after_s, sweep_stale
 from artifacts.paths import Paths
 from artifacts.registry import CHAMPION, MODEL_NAMES, Registry, local_bundle
-from artifacts.rollout_store import RolloutStore
+from artifacts.rollout_store import CorruptState, RolloutStore
 from components import rollout as ro
+from components.rollout.interleaving import CHALLENGER_TEAM, CHAMPION_TEAM
 from services.settings import QUERY_CACHE_SIZE, SHADOW_BACKLOG, STATE_POLL_S, limit_threads, settle_heap
 
 log = logging.getLogger(__name__)
+
+TEAMS = (CHAMPION_TEAM, CHALLENGER_TEAM)
+LOG_ERROR_EVERY_S = 60.0  # a full disk fails every request's log line: say so once a minute, count them all
 
 
 class ModelUnavailable(RuntimeError):
@@ -112,20 +125,30 @@ class DomainRuntime:
         self.champion: Loaded | None = None
         self.challenger: Loaded | None = None
         self.error: str | None = None
+        self.state_error: str | None = None  # why the state file was not used (it does not parse)
         self._state_mtime: int | None = None
+        self._log_errors, self._log_error_said = 0, 0.0
         self._last_poll = 0.0
         self._lock = threading.Lock()
         self._log_lock = threading.Lock()
         self._loading = False
         self._shadow = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"shadow-{domain}")
         self._shadow_backlog = 0
+        if metrics is not None:  # exported as 0 from the start: an alert can tell "none" from "not reported"
+            metrics.log_write_errors.labels(domain)
 
     # loading ---------------------------------------------------------------------------------------
     def start(self) -> None:
         """Load the champion (and challenger) now, blocking: called from the service's __init__."""
-        state = self.store.read()
-        if state is not None:
-            self._state_mtime = self.store.mtime_ns()
+        sweep_stale(self.paths.serving_cache / MODEL_NAMES[self.domain], stale_after_s())  # failed downloads
+        self._state_mtime = self.store.mtime_ns()
+        try:
+            state = self.store.read()
+        except CorruptState as exc:  # serve what no state would serve; the file waits for the operator
+            state = None
+            self._state_unreadable(exc)
+        else:
+            self._state_readable()
         champion = state.champion if state and state.champion else self._initial_champion()
         if champion is None:
             self.error = (
@@ -191,20 +214,26 @@ class DomainRuntime:
             return
         try:
             state = self.store.read()
-        except (ValueError, OSError):  # a writer mid-rename is impossible (atomic), but be defensive
+        except CorruptState as exc:
+            self._state_mtime = mtime  # not re-read until it changes: one ERROR, not one per poll
+            self._state_unreadable(exc)
+            state = None
+        except OSError:  # a writer mid-rename is impossible (atomic), but be defensive
             return
-        if state is None:  # removed since the stat
-            return
-        self._state_mtime = mtime
+        else:
+            if state is None:  # removed since the stat
+                return
+            self._state_mtime = mtime
+            self._state_readable()
         self._loading = True
-        if self.champion is None and state.champion is not None:  # what a 503 says meanwhile
+        if self.champion is None and state is not None and state.champion is not None:  # what a 503 says meanwhile
             self.error = f"{self.domain} model v{state.champion.version} is loading; retry in a few seconds"
 
         def work() -> None:
             try:
-                self._apply(state)
+                self._apply(state if state is not None else self._fallback_state())
             except Exception as exc:  # noqa: BLE001
-                log.exception("could not apply rollout state %s; keeping the current models", state.phase)
+                log.exception("could not apply the rollout state; keeping the current models")
                 if self.champion is None:
                     self.error = f"{self.domain} model failed to load: {exc}"
             finally:
@@ -215,29 +244,65 @@ class DomainRuntime:
         else:
             threading.Thread(target=work, name=f"reload-{self.domain}", daemon=True).start()
 
+    def _fallback_state(self) -> ro.RolloutState:
+        """No rollout: everything to the champion that serves with no state (else the one loaded now)."""
+        champion = self._initial_champion() or (self.champion.ref if self.champion else None)
+        if champion is None:
+            raise ModelUnavailable(f"no {self.domain} champion to fall back to: {self.state_error}")
+        return ro.RolloutState(domain=self.domain, phase="full", champion=champion)
+
+    def _state_unreadable(self, exc: Exception) -> None:
+        self.state_error = str(exc)
+        log.error(
+            "%s rollout state unreadable: %s. Serving the champion that serves with no rollout "
+            "(HATCHERY_%s_BUNDLE, else the registry's `champion`) until a valid state is written; "
+            "the file is left as it is for inspection",
+            self.domain,
+            exc,
+            self.domain.upper(),
+        )
+        if self.metrics is not None:
+            self.metrics.state_corrupt.labels(self.domain).set(1)
+
+    def _state_readable(self) -> None:
+        if self.state_error is not None:
+            log.warning("%s rollout state readable again: routing by it", self.domain)
+        self.state_error = None
+        if self.metrics is not None:
+            self.metrics.state_corrupt.labels(self.domain).set(0)
+
     @property
     def ready(self) -> bool:
         return self.champion is not None
 
     # serving ---------------------------------------------------------------------------------------
-    def call(self, endpoint: str, unit: str, fn, top_ids) -> dict[str, Any]:
+    def call(self, endpoint: str, unit: str | None, fn, top_ids) -> dict[str, Any]:
         """Answer one request: route it, score with the arm's model, log; never fails for the challenger.
 
+        unit: the sticky rollout unit (a user pseudonym, a session id), hashed with the rollout's
+        secret salt; None: the request is its own unit (a random arm per request, never tied to the
+        query or product, which would give the arms different mixes of them).
         fn(loaded) -> results, from loaded.model (and loaded.cache); top_ids(results) -> product ids best
-        first (for the shadow agreement log).
+        first (for the shadow agreement log and interleaving). A KeyError from fn is an unknown id: the
+        client's mistake (404), logged as a client error, never as a model's error.
         """
         self.poll_state()
         with self._lock:
             champion, challenger, state = self.champion, self.challenger, self.state
         if champion is None:
             raise ModelUnavailable(self.error or f"{self.domain} model is not loaded yet")
-        arm, shadow = ro.route(state, unit) if (state and challenger) else (ro.CHAMPION, False)
         request_id = uuid.uuid4().hex
-        ctx = {"request_id": request_id, "endpoint": endpoint, "unit": unit, "state": state}
+        unit = unit or request_id
+        arm, shadow = ro.route(state, unit) if (state and challenger) else (ro.CHAMPION, False)
+        ctx = {"request_id": request_id, "endpoint": endpoint, "unit": unit, "state": state, "assigned": arm}
+        if arm == ro.INTERLEAVED:
+            return self._interleaved(champion, challenger, fn, top_ids, ctx)
         answered, fallback = None, False
         if arm == ro.CHALLENGER:
             try:
                 answered = self._timed(challenger, fn, top_ids, ctx, arm, "answer")
+            except KeyError:  # an id the challenger does not know: the champion may; not a challenger error
+                arm = ro.CHAMPION
             except Exception as exc:  # noqa: BLE001 - the champion answers instead: no request fails
                 log.warning("challenger v%s failed on %s: %s", challenger.ref.version, endpoint, exc)
                 arm, fallback = ro.CHAMPION, True
@@ -246,29 +311,60 @@ class DomainRuntime:
         if shadow:
             self._submit_shadow(challenger, fn, top_ids, ctx)
         used = challenger if arm == ro.CHALLENGER else champion
+        return self._answer(ctx, used.ref.version, arm, fallback, answered)
+
+    def _answer(self, ctx: dict, version: str, arm: str, fallback: bool, results) -> dict[str, Any]:
+        state: ro.RolloutState | None = ctx["state"]
         return {
-            "request_id": request_id,
-            "model_version": used.ref.version,
+            "request_id": ctx["request_id"],
+            "model_version": version,
             "arm": arm,
             "challenger_failed": fallback,  # the champion answered because the challenger raised
             "rollout_phase": state.routing_phase if state else "full",
             "rollout_id": state.rollout_id if state else "",
             "rollout_step": state.step if state else -1,
-            "results": answered,
+            "results": results,
         }
+
+    def _interleaved(self, champion: Loaded, challenger: Loaded, fn, top_ids, ctx: dict) -> dict[str, Any]:
+        """Both models answer; one team-draft list of the two (coins seeded by the request id) is shown."""
+        t0 = time.perf_counter()
+        mine = self._timed(champion, fn, top_ids, ctx, ro.CHAMPION, "interleave")
+        try:
+            theirs = self._timed(challenger, fn, top_ids, ctx, ro.CHALLENGER, "interleave")
+        except Exception as exc:  # noqa: BLE001 - the champion's list answers; the session is not interleaved
+            if not isinstance(exc, KeyError):
+                log.warning("challenger v%s failed on %s: %s", challenger.ref.version, ctx["endpoint"], exc)
+            return self._answer(ctx, champion.ref.version, ro.CHAMPION, not isinstance(exc, KeyError), mine)
+        k = max(len(mine), len(theirs))
+        coins = random.Random(int(ctx["request_id"][:16], 16))
+        items, teams = ro.team_draft(top_ids(mine), top_ids(theirs), k, (coins.random() < 0.5 for _ in range(k)))
+        by_team = {
+            TEAMS[0]: dict(zip(top_ids(mine), mine, strict=True)),
+            TEAMS[1]: dict(zip(top_ids(theirs), theirs, strict=True)),
+        }
+        results = [by_team[t][i] for i, t in zip(items, teams, strict=True)]
+        version = f"{champion.ref.version}+{challenger.ref.version}"
+        ms = (time.perf_counter() - t0) * 1000.0
+        self._record(ctx, ro.INTERLEAVED, "answer", version, ms, None, items, teams=teams)
+        return self._answer(ctx, version, ro.INTERLEAVED, False, results)
 
     def _timed(self, loaded: Loaded, fn, top_ids, ctx: dict, arm: str, role: str):
         t0 = time.perf_counter()
-        error, results = None, None
+        error, client_error, results = None, None, None
         try:
             results = fn(loaded)
             return results
+        except KeyError as exc:  # an unknown id: the client's mistake, not the model's
+            client_error = f"unknown id {exc}"[:300]
+            raise
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"[:300]
             raise
         finally:
             ms = (time.perf_counter() - t0) * 1000.0
-            self._record(ctx, arm, role, loaded.ref.version, ms, error, top_ids(results) if results is not None else [])
+            items = top_ids(results) if results is not None else []
+            self._record(ctx, arm, role, loaded.ref.version, ms, error, items, client_error=client_error)
 
     def _submit_shadow(self, challenger: Loaded, fn, top_ids, ctx: dict) -> None:
         if self._shadow_backlog >= SHADOW_BACKLOG:
@@ -291,10 +387,18 @@ class DomainRuntime:
         if self.metrics is not None:
             self.metrics.shadow.labels(self.domain, version, outcome).inc()
 
-    def _record(self, ctx: dict, arm: str, role: str, version: str, ms: float, error: str | None, items: list) -> None:
+    def _record(
+        self, ctx: dict, arm: str, role: str, version: str, ms: float, error: str | None, items: list, **extra
+    ) -> None:
+        """One line in the rollout's request log (and the Prometheus counters).
+
+        error: the model failed (counts against its arm); extra: client_error (an unknown id, which
+        counts against no one), teams (an interleaved answer: who placed each item).
+        """
         state: ro.RolloutState | None = ctx["state"]
         if self.metrics is not None:
-            self.metrics.observe(ctx["endpoint"], version, f"{arm}_shadow" if role == "shadow" else arm, ms, error)
+            label = f"{arm}_shadow" if role == "shadow" else arm
+            self.metrics.observe(ctx["endpoint"], version, label, ms, error, bool(extra.get("client_error")))
         if state is None or state.routing_phase not in ro.ACTIVE:
             return  # the rollout log is only needed while a rollout runs; Prometheus has the rest
         record = {
@@ -305,15 +409,36 @@ class DomainRuntime:
             "step": state.step,
             "endpoint": ctx["endpoint"],
             "unit": ctx["unit"],
+            "assigned": ctx["assigned"],
             "arm": arm,
             "role": role,
             "version": version,
             "latency_ms": round(ms, 3),
             "error": error,
             "items": [str(i) for i in items[:10]],
+            **{k: v for k, v in extra.items() if v is not None},
         }
-        with self._log_lock:  # the answering and the shadow thread append to one file
-            self.store.append_request(record)
+        try:
+            with self._log_lock:  # the answering and the shadow thread append to one file
+                self.store.append_request(record)
+        except Exception as exc:  # noqa: BLE001 - a full disk (OSError) or anything else: the answer goes out
+            self._log_write_failed(exc)
+
+    def _log_write_failed(self, exc: Exception) -> None:
+        """Count a lost request-log line; log it at most once every LOG_ERROR_EVERY_S."""
+        self._log_errors += 1
+        if self.metrics is not None:
+            self.metrics.log_write_errors.labels(self.domain).inc()
+        now = time.monotonic()
+        if self._log_errors == 1 or now - self._log_error_said >= LOG_ERROR_EVERY_S:
+            self._log_error_said = now
+            log.error(
+                "%s request log not written (%d lines lost so far; answers are unaffected): %s: %s",
+                self.domain,
+                self._log_errors,
+                type(exc).__name__,
+                exc,
+            )
 
     def close(self) -> None:
         self._shadow.shutdown(wait=True, cancel_futures=False)

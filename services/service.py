@@ -6,12 +6,21 @@
 Endpoints: POST /search, /recommend, /similar, /rollout_status; GET /livez, /readyz (ready once a
 champion is loaded), /metrics (BentoML's plus hatchery_* per model version and rollout arm), /docs.json.
 Bad input is a 4xx with the reason (pydantic: missing field, wrong type, k out of range, over-long
-query; BodyGuard: malformed JSON, body over HATCHERY_MAX_BODY_BYTES), never a 500.
+query, unknown field; BodyGuard: a body over HATCHERY_MAX_BODY_BYTES (413), a Content-Type other than
+application/json (415), bytes that are not UTF-8, malformed JSON, deep nesting, a repeated key, an
+out-of-range number (400)), never a 500. A rollout state file that does not parse shows as
+`state_error` in /rollout_status (and hatchery_state_corrupt in /metrics) while the champion serves.
 Process settings (threads, limits, poll intervals) are in services/settings.py, the Prometheus
 collectors in services/metrics.py.
 
-Every answer: {"request_id", "model_version", "arm" (champion | challenger), "challenger_failed" (the
-champion answered because the challenger raised), "rollout_phase", "rollout_id", "rollout_step", "results"}.
+Every answer: {"request_id", "model_version", "arm" (champion | challenger | interleaved: one team-draft
+list of both, model_version "<champion>+<challenger>"), "challenger_failed" (the champion answered
+because the challenger raised), "rollout_phase", "rollout_id", "rollout_step", "results"}.
+
+The rollout unit is the user (recommend: the salted pseudonym of user_id) or the `session_id`, hashed
+with a secret the service never returns, so a client cannot choose its arm; a request without a
+session id is its own unit. An unknown product id is a 404, the caller's mistake: it never counts as
+a model's error.
 
 Models are loaded in __init__ (services/runtime.py says from where); the scoring is the model helpers'
 own `SearchModel.search` / `RecommendModel.recommend` / `.similar`, the code the offline evaluation runs.
@@ -20,17 +29,19 @@ own `SearchModel.search` / `RecommendModel.recommend` / `.similar`, the code the
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Annotated, Any
 
 import bentoml
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
 from services import settings
 
 MAX_QUERY_CHARS = 256  # SearchModel cuts at 256 too; longer input is refused rather than silently cut
 MAX_ID_CHARS = 64
 MAX_K = 100
-API_PATHS = ("/search", "/recommend", "/similar", "/rollout_status")
+MAX_JSON_INT = 2**53 - 1  # RFC 8259 section 6: the integers every JSON implementation agrees on
 
 
 class Request(BaseModel):
@@ -61,19 +72,123 @@ class StatusRequest(Request):
     pass
 
 
-class BodyGuard:
-    """ASGI middleware: refuse oversized (413) and non-JSON-object (400) bodies before BentoML parses them.
+# What BodyGuard validates each path's body against: the same models the endpoints declare (input_spec).
+REQUEST_MODELS: dict[str, type[Request]] = {
+    "/search": SearchRequest,
+    "/recommend": RecommendRequest,
+    "/similar": SimilarRequest,
+    "/rollout_status": StatusRequest,
+}
 
-    BentoML turns a JSON syntax error into a 500; this answers it as the client's fault, with the reason.
+
+class BodyError(ValueError):
+    """A request body refused before BentoML sees it: `status` (4xx) and the reason, for the client."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_BRACKET = re.compile(rb"[\[\]{}]")
+
+
+def check_content_type(value: bytes | None) -> None:
+    """application/json, optionally with charset=utf-8; else 415 (a cross-site form or text/plain POST)."""
+    media, _, params = (value or b"").decode("latin-1").partition(";")
+    if media.strip().lower() != "application/json":
+        got = media.strip() or "none"
+        raise BodyError(415, f"Content-Type must be application/json, got {got}")
+    for param in params.split(";"):
+        key, _, val = param.partition("=")
+        if key.strip().lower() == "charset" and val.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            raise BodyError(415, f"charset must be utf-8, got {val.strip()}")
+
+
+def parse_body(body: bytes, max_depth: int | None = None) -> dict[str, Any]:
+    """The JSON object a request body holds, checked as the models' parser never is; BodyError (400) if not.
+
+    Refused, each with the reason: bytes that are not UTF-8; not JSON (including NaN/Infinity); nesting
+    deeper than max_depth (measured before parsing: a few KiB of `[` made json.loads raise RecursionError,
+    a 500); a key twice in one object (parsers disagree on which wins); an integer beyond +-(2**53 - 1) or
+    a float that overflows (outside what every JSON parser represents exactly; 4,300+ digits made int()
+    raise, a 500); anything but an object at the top. An empty body is {}. (A lone surrogate escape,
+    "\\ud800", parses here; the request models refuse it as string_unicode.)
+    """
+    max_depth = settings.max_json_depth() if max_depth is None else max_depth
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BodyError(400, f"request body is not UTF-8: {exc}") from None
+    depth = deepest = 0
+    for bracket in _BRACKET.findall(_STRING.sub(b'""', body)):
+        depth += 1 if bracket in b"[{" else -1
+        deepest = max(deepest, depth)
+    if deepest > max_depth:
+        raise BodyError(400, f"request body nests {deepest} levels deep; the limit is {max_depth}")
+    try:
+        parsed = json.loads(
+            text or "{}",
+            object_pairs_hook=_unique_keys,
+            parse_int=_bounded_int,
+            parse_float=_finite_float,
+            parse_constant=_no_constant,
+        )
+    except BodyError:
+        raise
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+        raise BodyError(400, f"request body is not valid JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise BodyError(400, f"request body must be a JSON object, got {type(parsed).__name__}")
+    return parsed
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise BodyError(400, f"request body repeats the key {key!r}")
+        out[key] = value
+    return out
+
+
+def _bounded_int(literal: str) -> int:
+    if len(literal) > 17 or abs(value := int(literal)) > MAX_JSON_INT:  # 17: 16 digits and a sign
+        raise BodyError(400, f"number {literal[:20]}{'...' if len(literal) > 20 else ''} is out of range")
+    return value
+
+
+def _finite_float(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):
+        raise BodyError(400, f"number {literal[:20]} is out of range")
+    return value
+
+
+def _no_constant(name: str) -> None:
+    raise BodyError(400, f"{name} is not JSON")
+
+
+class BodyGuard:
+    """ASGI middleware: refuse every body the endpoints must not see, before BentoML parses it.
+
+    413 over max_body_bytes; 415 without Content-Type application/json (a cross-site form or text/plain
+    POST, which a browser sends without asking); 400 for what parse_body refuses, and for a body the
+    path's request model refuses (missing field, wrong type, out of range, unknown field). Each as
+    {"error": reason, "detail": per-field reasons}, the shape the OpenAPI document declares for 400.
+    BentoML answered a JSON syntax error, deep nesting or a huge integer with a 500.
     """
 
-    def __init__(self, app, max_body_bytes: int | None = None, paths: tuple[str, ...] = API_PATHS) -> None:
+    def __init__(
+        self, app, max_body_bytes: int | None = None, models: dict[str, type[BaseModel]] | None = None
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes or settings.max_body_bytes()
-        self.paths = paths
+        self.models = REQUEST_MODELS if models is None else models
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope.get("method") != "POST" or scope.get("path") not in self.paths:
+        model = self.models.get(scope.get("path")) if scope["type"] == "http" else None
+        if model is None or scope.get("method") != "POST":
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
@@ -82,6 +197,11 @@ class BodyGuard:
             await _reject(
                 send, 413, f"request body of {int(declared)} bytes exceeds the limit of {self.max_body_bytes}"
             )
+            return
+        try:
+            check_content_type(headers.get(b"content-type"))
+        except BodyError as exc:
+            await _reject(send, exc.status, exc.reason)
             return
         body, more = b"", True
         while more:
@@ -94,13 +214,16 @@ class BodyGuard:
                 await _reject(send, 413, f"request body exceeds the limit of {self.max_body_bytes} bytes")
                 return
         try:
-            parsed = json.loads(body or b"{}")
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            await _reject(send, 400, f"request body is not valid JSON: {exc}")
+            model.model_validate(parse_body(body))
+        except BodyError as exc:
+            await _reject(send, exc.status, exc.reason)
             return
-        if not isinstance(parsed, dict):
-            await _reject(send, 400, f"request body must be a JSON object, got {type(parsed).__name__}")
+        except ValidationError as exc:
+            # Answered here rather than by BentoML, whose 400 carries `detail` as a list where its own
+            # OpenAPI document declares a string (the fuzz test's finding) and logs a traceback per request.
+            await _reject(send, 400, f"{exc.error_count()} invalid field(s) in {model.__name__}", _detail(exc))
             return
+        body = body if body.strip() else b"{}"
         replayed = False
 
         async def replay():
@@ -113,8 +236,15 @@ class BodyGuard:
         await self.app(scope, replay, send)
 
 
-async def _reject(send, status: int, reason: str) -> None:
-    payload = json.dumps({"error": reason}).encode()
+def _detail(exc: ValidationError) -> str:
+    """pydantic's errors as one line: `k: Input should be greater than or equal to 1 [greater_than_equal]; ...`."""
+    return "; ".join(
+        f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']} [{e['type']}]" for e in exc.errors(include_url=False)
+    )
+
+
+async def _reject(send, status: int, reason: str, detail: str | None = None) -> None:
+    payload = json.dumps({"error": reason, **({"detail": detail} if detail else {})}).encode()
     await send(
         {
             "type": "http.response.start",
@@ -161,7 +291,7 @@ class Hatchery:
         from services.runtime import search_results
 
         return self._call(
-            "search", "search", session_id or query, lambda m: search_results(m.model, m.cache, query, k, explain), _ids
+            "search", "search", session_id, lambda m: search_results(m.model, m.cache, query, k, explain), _ids
         )
 
     @bentoml.api(input_spec=RecommendRequest)
@@ -184,7 +314,7 @@ class Hatchery:
         return self._call(
             "recommend",
             "similar",
-            session_id or product_id,
+            session_id,
             lambda m: normalize_items(m.model.similar(product_id, k=k)),
             _ids,
         )
@@ -198,25 +328,26 @@ class Hatchery:
             out[d] = {
                 "ready": rt.ready,
                 "error": rt.error,
+                "state_error": rt.state_error,  # the state file did not parse: the registry's champion serves
                 "champion": rt.champion.ref.version if rt.champion else None,
                 "challenger": rt.challenger.ref.version if rt.challenger else None,
-                "state": rt.state.to_dict() if rt.state else None,
+                "state": rt.state.public_dict() if rt.state else None,
             }
         return out
 
-    def _call(self, domain: str, endpoint: str, unit: str, fn, top_ids) -> Any:
-        from bentoml.exceptions import NotFound
+    def _call(self, domain: str, endpoint: str, unit: str | None, fn, top_ids) -> Any:
         from starlette.responses import JSONResponse
 
         from services.runtime import ModelUnavailable
 
+        # Both returned, not raised: BentoML hides a 5xx exception's message, and answers its NotFound as a
+        # list, [{"error": ...}], where its own OpenAPI document declares an object (the fuzz test's finding).
         try:
             return self.runtimes[domain].call(endpoint, unit, fn, top_ids)
         except ModelUnavailable as exc:
-            # Returned, not raised: BentoML hides the message of any 5xx exception, and this one is the answer.
             return JSONResponse({"error": str(exc)}, status_code=503)
-        except KeyError as exc:  # an unknown product id for /similar
-            raise NotFound(f"unknown id {exc}") from exc
+        except KeyError as exc:  # an unknown product id for /similar: the caller's mistake
+            return JSONResponse({"error": f"unknown id {exc}"}, status_code=404)
 
     @bentoml.on_shutdown
     def shutdown(self) -> None:

@@ -5,6 +5,10 @@ Standard library only at import (torch and threadpoolctl are imported inside lim
 Environment (all optional):
     HATCHERY_SERVING_THREADS   intra-op threads of one request (torch, OpenMP, BLAS); default 1
     HATCHERY_MAX_BODY_BYTES    largest accepted request body; default 16 KiB
+    HATCHERY_MAX_JSON_DEPTH    deepest nesting of a request body; default 8 (the requests are flat objects)
+    HATCHERY_LOG_MAX_MB        size at which the rollout request/feedback logs rotate; default 64
+    HATCHERY_LOG_KEEP          rotated log files kept; default 3 (both read in artifacts/rollout_store.py,
+                               since the rollout driver writes the feedback log with the same rules)
 """
 
 from __future__ import annotations
@@ -20,11 +24,17 @@ SHADOW_BACKLOG = 64
 # Query-tower embeddings kept per loaded search model (distinct cleaned queries).
 QUERY_CACHE_SIZE = 20_000
 DEFAULT_MAX_BODY_BYTES = 16 * 1024
+DEFAULT_MAX_JSON_DEPTH = 8
 
 
 def max_body_bytes() -> int:
     """HATCHERY_MAX_BODY_BYTES, else 16 KiB: larger POST bodies are refused with 413."""
     return int(os.environ.get("HATCHERY_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES))
+
+
+def max_json_depth() -> int:
+    """HATCHERY_MAX_JSON_DEPTH, else 8: deeper request bodies are refused with 400 before they are parsed."""
+    return int(os.environ.get("HATCHERY_MAX_JSON_DEPTH", DEFAULT_MAX_JSON_DEPTH))
 
 
 def serving_threads() -> int:
