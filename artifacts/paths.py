@@ -7,6 +7,8 @@ Environment (all optional; the defaults work on one laptop with no servers):
     HATCHERY_DATA_DIR        folder with homedepot/ and online_retail/ (default ../shared/datasets), for
                              the tests and the replay; ingest reads params.yaml's data.<domain>.path
     HATCHERY_PSEUDONYM_SALT  salt for user-id pseudonyms: required, except in dev mode
+    HATCHERY_DATA_ROOTS      folders (os.pathsep-separated) every data.<domain>.path must lie under (unset: any
+                             folder but a system one)
     HATCHERY_ENV             `dev`: the development defaults are allowed (the public development salt,
                              a registry version with no recorded bundle digest loaded unverified), each
                              with a warning; anything else (the default): they are errors
@@ -194,6 +196,36 @@ def datasets_dir(override: str | None = None) -> Path:
         + ", ".join(str(c) for c in candidates if c)
         + "), or set data.<domain>.source: canonical with data.<domain>.path in params.yaml"
     )
+
+
+# Folders that are never a dataset: pointing data.<domain>.path at one would make DVC hash (and ingest
+# walk) a whole system tree.
+SYSTEM_DIRS = frozenset(
+    ("/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/opt", "/proc", "/root", "/run", "/sbin",
+     "/srv", "/sys", "/tmp", "/usr", "/var")
+)  # fmt: skip
+
+
+def check_data_path(path: str | Path, key: str, base: Path = REPO_ROOT) -> Path:
+    """The resolved folder `key` (e.g. data.search.path) names, or ValueError saying what to change.
+
+    Refused: a system folder itself (`/`, `/etc`, ...); with HATCHERY_DATA_ROOTS set (folders separated
+    by the OS path separator), anything outside those roots. Relative paths are taken from `base`.
+    """
+    folder = Path(path).expanduser()
+    resolved = (folder if folder.is_absolute() else base / folder).resolve()
+    if str(resolved) in SYSTEM_DIRS:
+        raise ValueError(
+            f"{key}: {path} is the system folder {resolved}, not a dataset folder: set {key} to the folder holding "
+            "your tables"
+        )
+    roots = [Path(r).expanduser().resolve() for r in os.environ.get("HATCHERY_DATA_ROOTS", "").split(os.pathsep) if r]
+    if roots and not any(resolved == r or r in resolved.parents for r in roots):
+        raise ValueError(
+            f"{key}: {resolved} is outside HATCHERY_DATA_ROOTS ({os.pathsep.join(map(str, roots))}): move the data "
+            "under one of them or add its folder there"
+        )
+    return resolved
 
 
 def tracking_uri(paths: Paths | None = None) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from artifacts.files import staged_dir
-from artifacts.paths import REPO_ROOT, Paths, pseudonym_salt
+from artifacts.paths import Paths, check_data_path, pseudonym_salt
 from components import schema as s
 from components.adapters import adapt_homedepot, adapt_online_retail
 from components.config import Params, SourceParams
@@ -31,8 +31,7 @@ SHIPPED_FILES = {"homedepot": "train.csv.zip", "online_retail": "online_retail.p
 
 def data_folder(domain: str, source: SourceParams) -> Path:
     """The folder `data.<domain>.path` names (relative to the project root), checked to exist."""
-    folder = Path(source.path).expanduser()
-    folder = folder if folder.is_absolute() else REPO_ROOT / folder
+    folder = check_data_path(source.path, f"data.{domain}.path")
     if not folder.is_dir():
         what = (
             "a folder of catalog/queries/judgments/events .parquet or .csv files"

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from artifacts.paths import REPO_ROOT, Paths
+from artifacts.paths import REPO_ROOT, Paths, check_data_path
 from components.charter import Charter, CharterError, check_stages, parse_charter
 from pipelines.common import load_params, mlflow_run
 
@@ -71,6 +71,9 @@ def run(charter_name: str, overrides: dict[str, Any] | None = None, paths: Paths
     if missing_data:
         raise CharterError(f"dvc.yaml lacks the data-check stages {missing_data}")
     params = load_params(overrides=overrides or {})  # ParamsError names a bad override key
+    for domain in ("search", "recommend"):  # before DVC hashes the folder a path names
+        if getattr(params.data, domain).path:
+            check_data_path(getattr(params.data, domain).path, f"data.{domain}.path")
     plan = {
         "charter": charter.name,
         "domain": charter.domain,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from artifacts.paths import REPO_ROOT, Paths
 from components.charter import CharterError
 from components.config import ParamsError
 from pipelines import dvc_stage, lifecycle, report, requirements
+from pipelines.common import load_params
 
 
 @pytest.fixture
@@ -165,3 +167,26 @@ def test_report_shows_each_rollout_phase_with_its_interval_and_the_audit_trail(p
     html = (folder / "index.html").read_text()
     for shown in ("[-0.3123, -0.1077]", "harm", "champion_preferred", "2026-01-01 00:00:00", "airflow:x", "1900 / 101"):
         assert shown in html, shown
+
+
+def test_a_data_path_outside_the_configured_roots_is_refused_before_dvc_runs(charters, paths, tmp_path, monkeypatch):
+    """`/` would make DVC hash, and ingest walk, the whole filesystem; HATCHERY_DATA_ROOTS fences data paths."""
+    from artifacts.paths import check_data_path
+
+    with pytest.raises(ValueError, match=r"data.search.path: / is the system folder /, not a dataset folder"):
+        requirements.run("semantic_search", {"data.search.source": "canonical", "data.search.path": "/"}, paths)
+    shop = tmp_path / "shops" / "mine"
+    shop.mkdir(parents=True)
+    assert check_data_path(shop, "data.search.path") == shop.resolve()  # no roots configured: any non-system folder
+    # Both domains are checked (ingest reads both): the roots hold the shops and the shared datasets.
+    shared = check_data_path(load_params().data.search.path, "data.search.path").parent
+    monkeypatch.setenv("HATCHERY_DATA_ROOTS", f"{tmp_path / 'shops'}{os.pathsep}{shared}")
+    assert check_data_path(shop, "data.search.path") == shop.resolve()
+    with pytest.raises(ValueError, match="is outside HATCHERY_DATA_ROOTS"):
+        check_data_path(tmp_path / "elsewhere", "data.recommend.path")
+    with pytest.raises(ValueError, match="data.recommend.path: .* is outside HATCHERY_DATA_ROOTS"):
+        requirements.run(
+            "personalised_recommendations",
+            {"data.recommend.source": "canonical", "data.recommend.path": str(tmp_path / "elsewhere")},
+            paths,
+        )
