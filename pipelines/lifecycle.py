@@ -159,7 +159,6 @@ def rollout(plan: dict[str, Any], run_id: str | None) -> dict:
     from components.rollout import ACTIVE
     from pipelines import rollout as step
     from pipelines.common import load_params
-    from pipelines.replay import make_source
     from pipelines.requirements import load_charter
 
     charter = load_charter(plan["charter"])
@@ -190,10 +189,10 @@ def rollout(plan: dict[str, Any], run_id: str | None) -> dict:
             return entry["result"]
         params = load_params(overrides=plan.get("overrides") or {})
         rp = params.rollout
-        # The simulated shoppers click by the run's judgment scale (a shop's own data may grade 0..4).
-        source = make_source(charter.domain, paths, rp.click_model, rp.sessions, params.data.search.relevance)
         wait_s = float(os.environ.get("HATCHERY_ROLLOUT_WAIT_S", "3600"))
-        result = step.run(charter, paths, url, rp, actor=f"airflow:{run_id}", lease_wait_s=wait_s, source=source)
+        # The simulated shoppers click by the run's judgment scale (a shop's own data may grade 0..4).
+        scale = params.data.search.relevance
+        result = step.run(charter, paths, url, rp, actor=f"airflow:{run_id}", lease_wait_s=wait_s, scale=scale)
         entry["result"] = {**result, "url": url}
         if result["phase"] == "rolled_back":
             raise RuntimeError(f"the rollout was rolled back: {result['reason']}")

@@ -316,8 +316,11 @@ def drive(
     actor: str = "pipelines.rollout",
     lease: bool = True,
     lease_wait_s: float = 0.0,
+    scale=None,
 ) -> ro.RolloutState:
     """Replay batches and evaluate after each until the rollout is full, rolled back or paused.
+
+    scale: the judgment scale the simulated shoppers click by (default: params.yaml's data.search.relevance).
 
     lease: take the domain's driver lease (False: the caller holds it); a second driver waits up to
     lease_wait_s, then RolloutBusy. Re-reads the state before every batch and writes with
@@ -325,10 +328,10 @@ def drive(
     """
     store = RolloutStore(paths, charter.domain)
     with store.driver_lease(actor, lease_wait_s) if lease else contextlib.nullcontext():
-        return _drive(paths, charter, url, rp, source, client, seed, actor)
+        return _drive(paths, charter, url, rp, source, client, seed, actor, scale)
 
 
-def _drive(paths, charter, url, rp, source, client, seed, actor) -> ro.RolloutState:
+def _drive(paths, charter, url, rp, source, client, seed, actor, scale=None) -> ro.RolloutState:
     from pipelines.replay import make_source, replay
 
     store = RolloutStore(paths, charter.domain)
@@ -336,9 +339,10 @@ def _drive(paths, charter, url, rp, source, client, seed, actor) -> ro.RolloutSt
     if state.phase not in ro.ACTIVE:
         return state
     if source is None:
-        from pipelines.common import load_params
+        if scale is None:
+            from pipelines.common import load_params
 
-        scale = load_params().data.search.relevance
+            scale = load_params().data.search.relevance
         source = make_source(charter.domain, paths, rp.click_model, rp.sessions, scale)
     own = client is None
     if own:
@@ -518,6 +522,7 @@ def run(
     track: bool = True,
     source=None,
     client=None,
+    scale=None,
 ) -> dict[str, Any]:
     """The DAG's rollout stage: begin (or resume) and drive to the end under the domain's driver lease.
 
@@ -540,7 +545,7 @@ def run(
             return result
         state = begin(paths, charter, actor)
         if state.phase in ro.ACTIVE:
-            state = drive(paths, charter, url, rp, source, client, seed=seed, actor=actor, lease=False)
+            state = drive(paths, charter, url, rp, source, client, seed=seed, actor=actor, lease=False, scale=scale)
         # still under the lease: a driver that waited for this one writes its summary after this one's
         result = summarize(paths, charter, state)
         if track:
