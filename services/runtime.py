@@ -21,6 +21,11 @@ logs an ERROR, shows `state_error` in /rollout_status and sets hatchery_state_co
 until a valid state is written (the file itself is left for the operator). A request-log line that
 cannot be written (a full disk) is counted in hatchery_log_write_errors_total{domain}; the answer
 goes out regardless.
+
+Capture (services/capture.py): with a Capture given, every answer's impression (request id, version,
+arm, unit, query or user, the shown ids with positions and scores, and for search the ranker's
+feature values) is handed to its writer process after the answer is built; nothing on the request
+path waits for the store.
 """
 
 from __future__ import annotations
@@ -83,21 +88,51 @@ class QueryCache:
         return value
 
 
-def search_results(model, cache: QueryCache | None, query: str, k: int, explain: bool = False) -> list[dict]:
+def search_results(
+    model, cache: QueryCache | None, query: str, k: int, explain: bool = False, features: bool = False
+) -> list[dict]:
     """SearchModel's ranking of one query with a cached query embedding (explain: SearchModel.search itself).
 
     rank_queries is the batch path the offline evaluation scores with; the results are built exactly
-    as SearchModel.search builds them.
+    as SearchModel.search builds them. features: each result also carries the ranker's feature values
+    under capture.FEATURES_KEY, (names, values), for the impression log (taken out before answering).
     """
     q = model.clean_query(query)
     if explain or cache is None or not q:
         return model.search(query, k=k, explain=explain)
     emb = cache.get_or_compute(q, lambda: model.encode_queries([q])[0])
-    idx, scores = model.rank_queries([q], k=k, q_embs=emb[None, :])[0]
-    return [
+    rows = None
+    if features and all(hasattr(model, a) for a in ("_retrieve", "_features", "_score", "feature_names")):
+        idx, scores, rows = rank_with_features(model, q, emb, k)
+    else:
+        idx, scores = model.rank_queries([q], k=k, q_embs=emb[None, :])[0]
+    results = [
         {"product_id": str(model.product_ids[c]), "title": model.titles[c], "score": float(v)}
         for c, v in zip(idx.tolist(), scores.tolist(), strict=True)
     ]
+    if rows is not None:
+        from services.capture import FEATURES_KEY
+
+        names = tuple(model.feature_names)
+        for result, row in zip(results, rows, strict=True):
+            result[FEATURES_KEY] = (names, row)
+    return results
+
+
+def rank_with_features(model, q: str, emb, k: int):
+    """SearchModel.rank_queries of one cleaned query, keeping the feature rows of the products it returns.
+
+    (product indices best first, scores, feature rows (k, n_features)): the same steps in the same
+    order as rank_queries (tests/services/test_feedback.py checks both give the same products and
+    scores), so the features logged are the ones the ranker scored.
+    """
+    import numpy as np
+
+    cand, bm, bx, best, sources = model._retrieve(q, emb)
+    x = model._features(q, emb, cand, bm, bx, best)
+    scores = model._score(x, cand, sources)
+    order = np.lexsort((cand, -scores))[:k]  # ties by catalog position, as rank_queries
+    return cand[order], scores[order], x[order]
 
 
 @dataclass
@@ -114,8 +149,11 @@ class DomainRuntime:
     threads: intra-op threads re-applied after each load (services.settings.limit_threads).
     """
 
-    def __init__(self, domain: str, paths: Paths, loader=None, metrics=None, threads: int | None = None) -> None:
+    def __init__(
+        self, domain: str, paths: Paths, loader=None, metrics=None, threads: int | None = None, capture=None
+    ) -> None:
         self.domain = domain
+        self.capture = capture  # services.capture.Capture: every answer's impression; None: not captured
         self.threads = threads
         self.paths = paths
         self.store = RolloutStore(paths, domain)
@@ -276,7 +314,9 @@ class DomainRuntime:
         return self.champion is not None
 
     # serving ---------------------------------------------------------------------------------------
-    def call(self, endpoint: str, unit: str | None, fn, top_ids) -> dict[str, Any]:
+    def call(
+        self, endpoint: str, unit: str | None, fn, top_ids, query: str | None = None, user: str | None = None
+    ) -> dict[str, Any]:
         """Answer one request: route it, score with the arm's model, log; never fails for the challenger.
 
         unit: the sticky rollout unit (a user pseudonym, a session id), hashed with the rollout's
@@ -285,18 +325,23 @@ class DomainRuntime:
         fn(loaded) -> results, from loaded.model (and loaded.cache); top_ids(results) -> product ids best
         first (for the shadow agreement log and interleaving). A KeyError from fn is an unknown id: the
         client's mistake (404), logged as a client error, never as a model's error.
+        query / user: what the impression records (user: a pseudonym, then also the unit); unit without
+        user is a raw session id, pseudonymised by the capture writer.
         """
         self.poll_state()
         with self._lock:
             champion, challenger, state = self.champion, self.challenger, self.state
         if champion is None:
             raise ModelUnavailable(self.error or f"{self.domain} model is not loaded yet")
-        request_id = uuid.uuid4().hex
+        request_id, ts = uuid.uuid4().hex, time.time()
+        session = unit
         unit = unit or request_id
         arm, shadow = ro.route(state, unit) if (state and challenger) else (ro.CHAMPION, False)
         ctx = {"request_id": request_id, "endpoint": endpoint, "unit": unit, "state": state, "assigned": arm}
         if arm == ro.INTERLEAVED:
-            return self._interleaved(champion, challenger, fn, top_ids, ctx)
+            answer = self._interleaved(champion, challenger, fn, top_ids, ctx)
+            self._capture(answer, ts, endpoint, session, query, user)
+            return answer
         answered, fallback = None, False
         if arm == ro.CHALLENGER:
             try:
@@ -311,7 +356,32 @@ class DomainRuntime:
         if shadow:
             self._submit_shadow(challenger, fn, top_ids, ctx)
         used = challenger if arm == ro.CHALLENGER else champion
-        return self._answer(ctx, used.ref.version, arm, fallback, answered)
+        answer = self._answer(ctx, used.ref.version, arm, fallback, answered)
+        self._capture(answer, ts, endpoint, session, query, user)
+        return answer
+
+    def _capture(
+        self, answer: dict, ts: float, endpoint: str, session: str | None, query: str | None, user: str | None
+    ) -> None:
+        """Hand the answer's impression to the capture writer (and take the logged-only fields out of it)."""
+        from services.capture import Pending, pending_items
+
+        items = pending_items(answer["results"]) if isinstance(answer["results"], list) else ()
+        if self.capture is None:
+            return
+        pending = Pending(
+            request_id=answer["request_id"],
+            ts=ts,
+            domain=self.domain,
+            endpoint=endpoint,
+            model_version=answer["model_version"],
+            arm=answer["arm"],
+            session=session,
+            user=user,
+            query=query,
+            items=items,
+        )
+        self.capture.submit_impression(pending)
 
     def _answer(self, ctx: dict, version: str, arm: str, fallback: bool, results) -> dict[str, Any]:
         state: ro.RolloutState | None = ctx["state"]

@@ -3,8 +3,9 @@
     bentoml serve services.service:Hatchery            # http://127.0.0.1:3000, Swagger UI at /
     curl -s localhost:3000/search -H 'content-type: application/json' -d '{"query": "cordless drill", "k": 5}'
 
-Endpoints: POST /search, /recommend, /similar, /rollout_status; GET /livez, /readyz (ready once a
-champion is loaded), /metrics (BentoML's plus hatchery_* per model version and rollout arm), /docs.json.
+Endpoints: POST /search, /recommend, /similar, /rollout_status, /feedback; GET /livez, /readyz (ready once a
+champion is loaded), /metrics (BentoML's plus hatchery_* per model version and rollout arm), /docs.json;
+/console/: the decision console (services/console/: localhost only, read-only without HATCHERY_CONSOLE_TOKEN).
 Bad input is a 4xx with the reason (pydantic: missing field, wrong type, k out of range, over-long
 query, unknown field; BodyGuard: a body over HATCHERY_MAX_BODY_BYTES (413), a Content-Type other than
 application/json (415), bytes that are not UTF-8, malformed JSON, deep nesting, a repeated key, an
@@ -16,6 +17,15 @@ collectors in services/metrics.py.
 Every answer: {"request_id", "model_version", "arm" (champion | challenger | interleaved: one team-draft
 list of both, model_version "<champion>+<challenger>"), "challenger_failed" (the champion answered
 because the challenger raised), "rollout_phase", "rollout_id", "rollout_step", "results"}.
+
+Every answer's impression (request id, version, arm, pseudonymised unit, query or user, the shown ids
+with positions, scores and the ranker's features) goes to the feedback store from a background writer
+(services/capture.py): a slow or failing store never delays or fails an answer (a full queue drops
+and counts). POST /feedback takes one event ({"request_id", "event": click | add_to_cart | purchase,
+"product_id", "position" (1-based, as shown), "ts" (unix seconds)}) or {"events": [up to 100]}:
+202 {"accepted": n}; 400 malformed; 422 an event that does not match its answer (unknown request id,
+product not shown there or at another position, a time in the future or before the answer), none of
+the batch stored; 429 a unit over its budget; 503 the store unreachable or the queue full.
 
 The rollout unit is the user (recommend: the salted pseudonym of user_id) or the `session_id`, hashed
 with a secret the service never returns, so a client cannot choose its arm; a request without a
@@ -31,12 +41,14 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import bentoml
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, model_validator
 
 from services import settings
+from services.console import create_app as create_console
+from services.console.docs import DocumentedService, swagger_app
 
 MAX_QUERY_CHARS = 256  # SearchModel cuts at 256 too; longer input is refused rather than silently cut
 MAX_ID_CHARS = 64
@@ -72,12 +84,49 @@ class StatusRequest(Request):
     pass
 
 
+FeedbackKind = Literal["click", "add_to_cart", "purchase"]  # components.feedback.records.FEEDBACK_EVENTS
+RequestId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$", description="the answer's request_id")]
+Position = Annotated[StrictInt, Field(ge=1, le=MAX_K, description="1-based position the product was shown at")]
+# Unix seconds; the bound (year 2286) keeps the number a plain float; the future is refused against the clock.
+Timestamp = Annotated[float, Field(ge=0, le=1e10, strict=True, description="when it happened, unix seconds")]
+
+
+class FeedbackEventIn(Request):
+    request_id: RequestId
+    event: FeedbackKind
+    product_id: Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
+    position: Position
+    ts: Timestamp
+
+
+class FeedbackRequest(Request):
+    """One event (its fields at the top level) or a batch ({"events": [...]}), not both."""
+
+    request_id: RequestId | None = None
+    event: FeedbackKind | None = None
+    product_id: Annotated[str | None, Field(min_length=1, max_length=MAX_ID_CHARS)] = None
+    position: Position | None = None
+    ts: Timestamp | None = None
+    events: Annotated[list[FeedbackEventIn] | None, Field(min_length=1, max_length=settings.MAX_FEEDBACK_EVENTS)] = None
+
+    @model_validator(mode="after")
+    def _one_event_or_a_batch(self) -> FeedbackRequest:
+        single = {f: getattr(self, f) for f in ("request_id", "event", "product_id", "position", "ts")}
+        if self.events is not None:
+            if any(v is not None for v in single.values()):
+                raise ValueError("send one event's fields or a list under `events`, not both")
+        elif missing := [f for f, v in single.items() if v is None]:
+            raise ValueError(f"missing field(s) {', '.join(missing)} (or send a list under `events`)")
+        return self
+
+
 # What BodyGuard validates each path's body against: the same models the endpoints declare (input_spec).
 REQUEST_MODELS: dict[str, type[Request]] = {
     "/search": SearchRequest,
     "/recommend": RecommendRequest,
     "/similar": SimilarRequest,
     "/rollout_status": StatusRequest,
+    "/feedback": FeedbackRequest,
 }
 
 
@@ -257,6 +306,8 @@ async def _reject(send, status: int, reason: str, detail: str | None = None) -> 
 
 @bentoml.service(
     name="hatchery",
+    # Hatchery's own OpenAPI title, version and description, not the framework's (services/console/docs.py).
+    service_class=DocumentedService,
     # Localhost unless the operator says otherwise (`bentoml serve --host 0.0.0.0` or BENTOML_HOST).
     http={"host": "127.0.0.1", "port": 3000},
     traffic={"timeout": 30},
@@ -274,11 +325,15 @@ class Hatchery:
 
         paths = Paths()
         metrics = Metrics()
+        metrics.watch_drift(paths.monitor())  # hatchery_drift_* from the drift monitor's latest reports
         # One intra-op thread per request (see settings.limit_threads for the measurement behind it).
         threads = settings.serving_threads()
         settings.limit_threads(threads)
         self.salt = pseudonym_salt()
-        self.runtimes = {d: DomainRuntime(d, paths, metrics=metrics, threads=threads) for d in DOMAINS}
+        self.capture, self.intake = _capture(self.salt, metrics, paths)
+        self.runtimes = {
+            d: DomainRuntime(d, paths, metrics=metrics, threads=threads, capture=self.capture) for d in DOMAINS
+        }
         for rt in self.runtimes.values():
             rt.start()
 
@@ -290,8 +345,14 @@ class Hatchery:
         """Ranked products for a free-text query, with the model version and rollout arm that answered."""
         from services.runtime import search_results
 
+        features = self.capture is not None  # the ranker's feature values, for the impression log only
         return self._call(
-            "search", "search", session_id, lambda m: search_results(m.model, m.cache, query, k, explain), _ids
+            "search",
+            "search",
+            session_id,
+            lambda m: search_results(m.model, m.cache, query, k, explain, features),
+            _ids,
+            query=query,
         )
 
     @bentoml.api(input_spec=RecommendRequest)
@@ -306,6 +367,7 @@ class Hatchery:
             pseudo,
             lambda m: normalize_items(m.model.recommend(pseudo, k=k, exclude_purchased=exclude_purchased)),
             _ids,
+            user=pseudo,
         )
 
     @bentoml.api(input_spec=SimilarRequest)
@@ -335,7 +397,29 @@ class Hatchery:
             }
         return out
 
-    def _call(self, domain: str, endpoint: str, unit: str | None, fn, top_ids) -> Any:
+    @bentoml.api(input_spec=FeedbackRequest)
+    def feedback(
+        self,
+        request_id: str | None = None,
+        event: str | None = None,
+        product_id: str | None = None,
+        position: int | None = None,
+        ts: float | None = None,
+        events: list[FeedbackEventIn] | None = None,
+    ) -> dict[str, Any]:
+        """Clicks, add-to-carts and purchases on an answer's products, against its request_id (see the module doc)."""
+        from starlette.responses import JSONResponse
+
+        if self.intake is None:
+            return JSONResponse({"error": "feedback capture is off (HATCHERY_CAPTURE=0)"}, status_code=503)
+        one = {"request_id": request_id, "event": event, "product_id": product_id, "position": position, "ts": ts}
+        batch = [e.model_dump() if isinstance(e, BaseModel) else dict(e) for e in events] if events else [one]
+        status, body = self.intake.receive(batch)
+        return JSONResponse(body, status_code=status)
+
+    def _call(
+        self, domain: str, endpoint: str, unit: str | None, fn, top_ids, query: str | None = None, user=None
+    ) -> Any:
         from starlette.responses import JSONResponse
 
         from services.runtime import ModelUnavailable
@@ -343,7 +427,7 @@ class Hatchery:
         # Both returned, not raised: BentoML hides a 5xx exception's message, and answers its NotFound as a
         # list, [{"error": ...}], where its own OpenAPI document declares an object (the fuzz test's finding).
         try:
-            return self.runtimes[domain].call(endpoint, unit, fn, top_ids)
+            return self.runtimes[domain].call(endpoint, unit, fn, top_ids, query=query, user=user)
         except ModelUnavailable as exc:
             return JSONResponse({"error": str(exc)}, status_code=503)
         except KeyError as exc:  # an unknown product id for /similar: the caller's mistake
@@ -353,6 +437,22 @@ class Hatchery:
     def shutdown(self) -> None:
         for rt in self.runtimes.values():
             rt.close()
+        if self.capture is not None:
+            self.capture.close()
+
+
+def _capture(salt: str, metrics, paths):
+    """(Capture, FeedbackIntake) started on the feedback store (HATCHERY_STATE_URL or SQLite), or (None, None)
+    with HATCHERY_CAPTURE=0. Nothing is opened here: the store connects on its first write."""
+    if not settings.capture_enabled():
+        return None, None
+    from artifacts.feedback_store import FeedbackStore
+    from components.feedback.records import TokenBucket
+    from services.capture import Capture, FeedbackIntake
+
+    capture = Capture(FeedbackStore(paths=paths), salt, metrics, queue_size=settings.capture_queue()).start()
+    rate, burst = settings.feedback_rate()
+    return capture, FeedbackIntake(capture, TokenBucket(rate, burst), metrics)
 
 
 def _ids(results: list[dict]) -> list[str]:
@@ -377,3 +477,7 @@ def normalize_items(raw: Any) -> list[dict]:
 
 
 Hatchery.add_asgi_middleware(BodyGuard)
+# The decision console at /console (localhost only, read-only without HATCHERY_CONSOLE_TOKEN), and the
+# Swagger page at / without BentoML's external scripts and badges: services/console/.
+Hatchery.mount_asgi_app(create_console(), path="/console", name="console")
+Hatchery.mount_asgi_app(swagger_app(), path="/", name="swagger")

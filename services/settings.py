@@ -9,6 +9,12 @@ Environment (all optional):
     HATCHERY_LOG_MAX_MB        size at which the rollout request/feedback logs rotate; default 64
     HATCHERY_LOG_KEEP          rotated log files kept; default 3 (both read in artifacts/rollout_store.py,
                                since the rollout driver writes the feedback log with the same rules)
+    HATCHERY_CAPTURE           `0` turns impression capture and POST /feedback off (503); default on
+    HATCHERY_CAPTURE_QUEUE     impressions/feedback batches waiting for the writer; past it, dropped and
+                               counted; default 10000
+    HATCHERY_FEEDBACK_RATE     feedback events a second one unit may send, sustained; default 1
+    HATCHERY_FEEDBACK_BURST    ... and at once; default 100 (a whole batch)
+    (the feedback store's own settings are in artifacts/feedback_store.py)
 """
 
 from __future__ import annotations
@@ -25,6 +31,23 @@ SHADOW_BACKLOG = 64
 QUERY_CACHE_SIZE = 20_000
 DEFAULT_MAX_BODY_BYTES = 16 * 1024
 DEFAULT_MAX_JSON_DEPTH = 8
+# POST /feedback: events in one batch (a 16 KiB body holds about 130 of them).
+MAX_FEEDBACK_EVENTS = 100
+
+
+def capture_enabled() -> bool:
+    """HATCHERY_CAPTURE, else on: `0`, `false` or `off` turn impression capture and POST /feedback off."""
+    return os.environ.get("HATCHERY_CAPTURE", "1").strip().lower() not in ("0", "false", "off", "no")
+
+
+def capture_queue() -> int:
+    """HATCHERY_CAPTURE_QUEUE, else 10000: items waiting for the capture writer before new ones are dropped."""
+    return int(os.environ.get("HATCHERY_CAPTURE_QUEUE", "10000"))
+
+
+def feedback_rate() -> tuple[float, float]:
+    """(HATCHERY_FEEDBACK_RATE, HATCHERY_FEEDBACK_BURST), else (1, 100): one unit's feedback budget."""
+    return float(os.environ.get("HATCHERY_FEEDBACK_RATE", "1")), float(os.environ.get("HATCHERY_FEEDBACK_BURST", "100"))
 
 
 def max_body_bytes() -> int:
