@@ -70,8 +70,9 @@ STARTED = ("service", *AIRFLOW_COMPONENTS, "standalone", "mlflow")
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 
 
-def airflow_env() -> dict[str, str]:
-    env = os.environ.copy()
+def airflow_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """base (default: this process's environment) with the embedded profile's defaults filled in."""
+    env = dict(base) if base is not None else os.environ.copy()
     home = Path(env.setdefault("AIRFLOW_HOME", str(REPO / "airflow_home")))
     env.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(REPO / "dags"))
     env.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
@@ -332,6 +333,64 @@ def summary_of(charter: str, run_id: str) -> dict:
     return {"path": path.with_name("index.html"), **(json.loads(path.read_text()) if path.exists() else {})}
 
 
+def charter_domain(charter: str) -> str | None:
+    """The `domain:` line of charters/<charter>.yaml (stdlib only: no YAML parser needed for one key)."""
+    path = Path(os.environ.get("HATCHERY_CHARTERS_DIR") or REPO / "charters") / f"{charter}.yaml"
+    try:
+        for line in path.read_text().splitlines():
+            if line.startswith("domain:"):
+                return line.split(":", 1)[1].split("#")[0].strip().strip("'\"")
+    except OSError:
+        pass
+    return None
+
+
+PROBES = {"search": ("/search", {"query": "drill", "k": 1}), "recommend": ("/recommend", {"user_id": "probe", "k": 1})}
+
+
+def _post(url: str, body: dict, timeout_s: float = 10.0) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")
+    req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            return resp.status, json.loads(resp.read().decode() or "{}")
+    except urllib.error.HTTPError as exc:
+        return exc.code, {}
+    except (urllib.error.URLError, OSError, ValueError):
+        return 0, {}
+
+
+def champions_serving(url: str, domains: list[str]) -> dict[str, str] | None:
+    """{domain: champion version} once the service has loaded, and answers a request with, the champion its
+    rollout state names for every domain in `domains`; None while any is still loading (503) or behind."""
+    code, status = _post(url.rstrip("/") + "/rollout_status", {})
+    if code != 200:
+        return None
+    out = {}
+    for domain in domains:
+        mine = status.get(domain) or {}
+        wanted = ((mine.get("state") or {}).get("champion") or {}).get("version")
+        if not mine.get("ready") or (wanted and mine.get("champion") != wanted):
+            return None
+        path, body = PROBES[domain]
+        code, answer = _post(url.rstrip("/") + path, body)
+        if code != 200:
+            return None
+        out[domain] = mine["champion"]  # the probe may have been answered by a challenger's arm
+    return out
+
+
+def wait_for_champions(url: str, domains: list[str], timeout_s: float = 600.0, poll_s: float = 2.0) -> dict | None:
+    """Poll champions_serving until it answers (the versions) or timeout_s passes (None)."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        serving = champions_serving(url, domains)
+        if serving is not None:
+            return serving
+        time.sleep(poll_s)
+    return None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--charter", action="append", help="charter name (repeatable); default: both shipped")
@@ -400,16 +459,26 @@ def main() -> int:
         print(f"MLflow:  .venv/bin/mlflow ui --backend-store-uri sqlite:///{Path(env['HATCHERY_HOME']) / 'mlflow.db'}")
     else:
         print(f"MLflow:  {start_mlflow_ui(env)}  (one run per step; gate/ and incubation/ artifacts)")
+    # The runs' rollout tasks wrote the champions into the rollout state; the service loads them in the
+    # background (a minute for search): "ready" is said once it answers with them, never before.
+    domains = sorted({d for c, state in final.items() if state == "success" and (d := charter_domain(c))})
+    serving = wait_for_champions(service_url, domains) if domains else {}
+    if serving is None:
+        print(f"the service at {service_url} did not answer with the champions of {domains} in 10 minutes: "
+              f"see {home / 'service.log'}")  # fmt: skip
     body = json.dumps({"query": "cordless drill", "k": 5})
     print(f"Service: {service_url}  (Swagger UI at /; rollout: .venv/bin/python -m pipelines.rollout status <charter>)")
     print(f"  curl -s {service_url}/search -H 'content-type: application/json' -d '{body}'")
+    print(f"Console: {service_url}/console/  (read-only unless HATCHERY_CONSOLE_TOKEN is set for the service)")
+    if serving:
+        print("ready: the service answers with " + ", ".join(f"{d} v{v}" for d, v in sorted(serving.items())))
     if started is not None and args.stop_after:
         stop_airflow(home)
     elif started is not None:
         secret = home / PASSWORD_FILE
         print(f"Airflow keeps running at {base} (user admin, password in {secret})")
         print("stop it with: .venv/bin/python infra/airflow/run_lifecycle.py --stop")
-    return 0 if all(s == "success" for s in final.values()) else 1
+    return 0 if all(s == "success" for s in final.values()) and serving is not None else 1
 
 
 if __name__ == "__main__":

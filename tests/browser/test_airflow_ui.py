@@ -1,0 +1,93 @@
+"""The flow a user follows in the Airflow UI: log in, open the `incubation` DAG, trigger it from the trigger form
+with a charter chosen in the form, watch the run's task groups go green, open the run's report.
+
+The embedded Airflow of `make run` (its four components, tmp AIRFLOW_HOME, free port) beside a real
+`bentoml serve` for the rollout task; the run's overrides (the tiny slice, few training steps) are
+typed into the form's JSON editor as a user would. The report is opened where the run's artefacts are
+served: the console's lifecycle-run list (the Airflow UI itself has no link to a file on disk).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from urllib.parse import unquote
+
+import pytest
+
+from artifacts.paths import run_key
+from tests.browser._browser import shot
+from tests.browser._lifecycle import CHARTER, tiny_overrides
+
+pytestmark = pytest.mark.slow
+
+GROUPS = ("requirements", "training", "validation", "packaging", "rollout", "report")
+
+
+def log_in(page, world: dict) -> None:
+    page.goto(world["airflow_url"] + "/")
+    page.get_by_label("Username").fill("admin")
+    page.get_by_label("Password").fill(world["password"])
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(world["airflow_url"] + "/", timeout=60_000)
+
+
+def _badge_colour(locator) -> str:
+    return locator.evaluate("e => getComputedStyle(e).backgroundColor")
+
+
+def trigger_from_the_form(page, world: dict) -> str:
+    """Open the DAG, fill the trigger form (charter chosen, overrides typed), trigger; the new run's id."""
+    page.goto(world["airflow_url"] + "/dags/incubation")
+    assert page.get_by_test_id("task-requirements").is_visible()
+    page.get_by_test_id("trigger-dag-button").click()
+    form = page.get_by_role("dialog")
+    form.get_by_role("combobox").click()  # the charter: the DAG's enum param, a select in the form
+    page.get_by_role("option", name=CHARTER).click()
+    assert CHARTER in form.get_by_role("combobox").input_value()
+    form.locator(".monaco-editor").first.click()  # overrides: the form's JSON editor
+    page.keyboard.press("Control+A")
+    page.keyboard.press("Delete")
+    page.keyboard.insert_text(json.dumps(tiny_overrides(world["data"])))
+    shot(page, "airflow_trigger_form")
+    form.get_by_role("button", name="Trigger").click()
+    page.wait_for_url("**/dags/incubation/runs/**")
+    return unquote(page.url.split("/runs/", 1)[1].split("/")[0].split("?")[0])
+
+
+def watch_until_green_and_open_the_report(page, world: dict, run_id: str, timeout_s: float = 1500) -> None:
+    """Follow the run page until the run ends; every task group green; then the run's report."""
+    page.goto(f"{world['airflow_url']}/dags/incubation/runs/{run_id}")
+    deadline = time.time() + timeout_s
+    run_badge = page.get_by_test_id("state-badge").first
+    while (state := run_badge.inner_text().strip().lower()) not in ("success", "failed"):
+        assert time.time() < deadline, f"the run is still {state}"
+        page.wait_for_timeout(5000)
+        page.reload()
+        run_badge = page.get_by_test_id("state-badge").first
+    assert state == "success", world["api"].get(f"/api/v2/dags/incubation/dagRuns/{run_id}/taskInstances")
+    green = _badge_colour(run_badge)  # the colour of "success" in this UI's theme
+    for group in GROUPS:
+        badge = page.get_by_test_id(f"grid-{run_id}-{group}").get_by_test_id("task-state-badge")
+        assert _badge_colour(badge) == green, group
+    shot(page, "airflow_run_green")
+
+    # The run's report, from the console's list of lifecycle runs (served by the service, loopback only).
+    page.goto(world["service_url"] + "/console/reports")
+    assert "PASS" in page.locator("#gates").inner_text()  # this run's gate, with its plots
+    assert page.locator("#gates svg.chart").count() >= 2
+    shot(page, "console_reports")
+    page.locator(f'#runs a[href$="/files/_/incubation/{run_key(run_id, CHARTER)}/index.html"]').click()
+    body = page.locator("body").inner_text()
+    assert CHARTER in body and run_id in body
+    shot(page, "airflow_run_report")
+
+
+def test_trigger_the_incubation_from_the_ui_and_open_its_report(lifecycle_world, page) -> None:
+    world = lifecycle_world
+    log_in(page, world)
+    run_id = trigger_from_the_form(page, world)
+    world["run_id"] = run_id  # the MLflow test waits for this run instead of triggering its own
+    conf = world["api"].get(f"/api/v2/dags/incubation/dagRuns/{run_id}")["conf"]
+    assert conf["charter"] == CHARTER and conf["overrides"]["data.search.path"] == str(world["data"])
+    watch_until_green_and_open_the_report(page, world, run_id)
