@@ -12,7 +12,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 # (HATCHERY_ENV=dev: the public development salt, with a warning); outside it a missing salt is an error.
 DEV := $(if $(HATCHERY_PSEUDONYM_SALT)$(HATCHERY_ENV),,HATCHERY_ENV=dev)
 
-.PHONY: venv lock audit run stop data test test-fast bench lint
+.PHONY: venv lock audit run stop data test test-fast bench lint chromium
 
 venv: $(STAMP)
 
@@ -46,16 +46,27 @@ audit: venv
 # Starts the embedded Airflow (its four components, SQLite, LocalExecutor, all on 127.0.0.1) and the
 # MLflow UI, triggers the incubation DAG through the REST API once per shipped charter, follows both
 # runs to the end and prints the URLs. `make stop` stops what it started.
+# PROFILE=cluster: the same lifecycle on the cluster profile (infra/cluster/cluster.env: Airflow on Celery with
+# two workers, PostgreSQL, Redis, an MLflow server, a DVC remote over SSH, two service replicas); README "Scale out".
+PROFILE ?= embedded
+RUNNER := $(if $(filter cluster,$(PROFILE)),infra/cluster/cluster.py run,infra/airflow/run_lifecycle.py)
+STOPPER := $(if $(filter cluster,$(PROFILE)),infra/cluster/cluster.py down,infra/airflow/run_lifecycle.py --stop)
 run: venv
-	$(DEV) $(PY) infra/airflow/run_lifecycle.py
+	$(DEV) $(PY) $(RUNNER)
 
 stop: venv
-	$(PY) infra/airflow/run_lifecycle.py --stop
+	$(PY) $(STOPPER)
 
 data: venv
 	$(DEV) dvc repro split
 
-test: venv
+# The browser tests (tests/browser/) drive Debian's `chromium` through Playwright (whose own browser download
+# does not work here): installed with apt-get when missing (as root, else with sudo).
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+chromium:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
+
+test: venv chromium
 	$(DEV) $(PY) -m pytest -q
 
 test-fast: venv
@@ -71,6 +82,7 @@ bench: venv
 	$(DEV) $(PY) -m bench.recommend
 	$(DEV) $(PY) -m bench.serving
 	$(DEV) $(PY) -m bench.rollout
+	$(DEV) $(PY) -m bench.console
 	$(DEV) $(PY) -m bench.text_fields
 	$(DEV) $(PY) -m bench.soak --minutes $(SOAK_MINUTES) --concurrency 16
 

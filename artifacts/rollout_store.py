@@ -29,6 +29,9 @@ One writer at a time, and no lost update:
                 up to its wait_s, then gets RolloutBusy naming the holder. Operators do not take
                 it: their commands must be able to stop a running driver.
 Both are flocks: a killed process releases them.
+
+HATCHERY_STATE_URL=postgresql://... keeps all of this in PostgreSQL instead (the cluster profile;
+PgRolloutStore below), behind the same interface.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import fcntl
 import json
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -46,6 +50,7 @@ from typing import Any
 
 from artifacts.files import append_jsonl, read_jsonl, read_rotated_jsonl, write_json
 from artifacts.paths import Paths
+from artifacts.shared_state import Database, StoreUnavailable, state_url
 from components import rollout as ro
 
 log = logging.getLogger(__name__)
@@ -94,7 +99,17 @@ def _flock(path: Path, blocking: bool = True) -> Iterator[Any]:
 
 
 class RolloutStore:
-    """max_bytes / keep: the request and feedback logs' rotation (default: the environment's)."""
+    """max_bytes / keep: the request and feedback logs' rotation (default: the environment's).
+
+    With HATCHERY_STATE_URL set, `RolloutStore(paths, domain)` builds the PostgreSQL backend instead
+    (PgRolloutStore: the same interface and guarantees, shared by every machine), so no
+    caller chooses a backend: the environment does.
+    """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> RolloutStore:
+        if cls is RolloutStore and os.environ.get("HATCHERY_STATE_URL"):
+            return super().__new__(PgRolloutStore)
+        return super().__new__(cls)
 
     def __init__(self, paths: Paths, domain: str, max_bytes: int | None = None, keep: int | None = None) -> None:
         self.domain = domain
@@ -264,3 +279,224 @@ class RolloutStore:
 
     def evaluations(self) -> list[dict[str, Any]]:
         return read_jsonl(self.evaluations_path)
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------------------
+# The rollout store in PostgreSQL: the cluster profile's backend behind RolloutStore's interface.
+#
+# `RolloutStore(paths, domain)` is this class whenever HATCHERY_STATE_URL is set (artifacts/shared_state.py),
+# so the driver, the operator's commands and every service replica share one state however many
+# machines they run on. The guarantees of the file store, kept by the database instead of flocks:
+#
+#   state     one row per domain (hatchery_rollout_state): the RolloutState as JSON and its version.
+#             A write locks the row (SELECT ... FOR UPDATE), compares the version it was given
+#             (StaleState when it moved on), appends the audit entry and bumps the version in ONE
+#             transaction, so the audit trail and the state can never disagree.
+#   lease     a session-level advisory lock per domain on a connection of its own, held for the
+#             driver's whole run; a killed driver's connection dies and the lock with it. The holder
+#             (pid, host, actor, since) is kept in hatchery_rollout_lease for the RolloutBusy message.
+#   logs      hatchery_rollout_log rows (kind: requests, feedback, evaluations), read per rollout id
+#             in insertion order. They do not rotate: retention is the database's (delete by rollout).
+#   change    mtime_ns() is the state's version: a service replica polls it (services/settings.py,
+#             STATE_POLL_S) and reloads when it moves. While the database is unreachable it keeps the
+#             last value (the service keeps serving what it routes by now, and says so in its log).
+
+LEASE_CLASS = 7_141_002  # first key of the driver lease's advisory lock; the second is the domain's hash
+
+
+class PgRolloutStore(RolloutStore):
+    """RolloutStore on PostgreSQL (url: default HATCHERY_STATE_URL). max_bytes/keep are unused (no rotation)."""
+
+    def __init__(
+        self, paths: Paths, domain: str, max_bytes: int | None = None, keep: int | None = None, url: str | None = None
+    ) -> None:
+        super().__init__(paths, domain, max_bytes, keep)
+        self.url = url or state_url()
+        if not self.url:
+            raise ValueError("PgRolloutStore needs a database URL (HATCHERY_STATE_URL)")
+        self.db = Database(self.url)
+        self._last_version: int | None = None
+
+    # --- state ------------------------------------------------------------------------------------
+    def _parse(self, raw: Any) -> ro.RolloutState | None:
+        if raw is None:
+            return None
+        try:
+            state = ro.RolloutState.from_dict(raw if isinstance(raw, dict) else json.loads(raw))
+        except Exception as exc:  # noqa: BLE001 - any way a row fails to be a state is the same answer
+            raise CorruptState(
+                f"the {self.domain} row of hatchery_rollout_state is not a valid rollout state: "
+                f"{type(exc).__name__}: {exc}"[:500]
+            ) from exc
+        if state.domain != self.domain:
+            raise CorruptState(f"the {self.domain} row of hatchery_rollout_state holds a {state.domain!r} state")
+        return state
+
+    def read(self) -> ro.RolloutState | None:
+        """The stored state, None when no rollout ever ran; CorruptState if unreadable (or unreachable)."""
+
+        def work(cur: Any) -> Any:
+            cur.execute("SELECT state FROM hatchery_rollout_state WHERE domain = %s", (self.domain,))
+            row = cur.fetchone()
+            return row[0] if row else None
+
+        try:
+            raw = self.db.run(work)
+        except StoreUnavailable as exc:  # like an unreadable file: the service falls back to the champion
+            raise CorruptState(str(exc)) from exc
+        return self._parse(raw)
+
+    def mtime_ns(self) -> int | None:
+        """The state's version (moves on every write); the last one seen while the database is down."""
+
+        def work(cur: Any) -> int | None:
+            cur.execute(
+                "SELECT version FROM hatchery_rollout_state WHERE domain = %s AND state IS NOT NULL", (self.domain,)
+            )
+            row = cur.fetchone()
+            return int(row[0]) if row else None
+
+        try:
+            self._last_version = self.db.run(work)
+        except StoreUnavailable as exc:
+            log.warning("%s rollout state not polled: %s", self.domain, exc)
+        return self._last_version
+
+    def save(self, state: ro.RolloutState, entry: ro.AuditEntry, expected: int | None = None) -> ro.RolloutState:
+        """Write `state` as the next version with its audit entry, in one transaction (see the module doc)."""
+        return self.db.run(lambda cur: self._write(cur, state, entry, expected, self._lock_row(cur)))
+
+    def transact(
+        self,
+        change: Callable[[ro.RolloutState], tuple[ro.RolloutState, ro.AuditEntry] | None],
+        expected: int | None = None,
+    ) -> ro.RolloutState:
+        """Read the current state, apply `change` and write the result, all under the row lock."""
+
+        def work(cur: Any) -> ro.RolloutState:
+            have, current = self._lock_row(cur)
+            current = current or ro.RolloutState(domain=self.domain, version=have)
+            if expected is not None and current.version != expected:
+                raise StaleState(self._stale(current, expected))
+            changed = change(current)
+            return current if changed is None else self._write(cur, *changed, current.version, (have, current))
+
+        return self.db.run(work)
+
+    def _lock_row(self, cur: Any) -> tuple[int, ro.RolloutState | None]:
+        """(stored version, parsed state or None) with the domain's row locked until the transaction ends."""
+        cur.execute(
+            "INSERT INTO hatchery_rollout_state (domain, version, state) VALUES (%s, 0, NULL) ON CONFLICT DO NOTHING",
+            (self.domain,),
+        )
+        cur.execute("SELECT version, state FROM hatchery_rollout_state WHERE domain = %s FOR UPDATE", (self.domain,))
+        have, raw = cur.fetchone()
+        try:
+            return int(have), self._parse(raw)
+        except CorruptState as exc:
+            log.error("%s; replaced by version %d", exc, int(have) + 1)
+            return int(have), None
+
+    def _write(
+        self,
+        cur: Any,
+        state: ro.RolloutState,
+        entry: ro.AuditEntry,
+        expected: int | None,
+        locked: tuple[int, ro.RolloutState | None],
+    ) -> ro.RolloutState:
+        have, current = locked
+        if expected is not None and have != expected:
+            raise StaleState(self._stale(current or ro.RolloutState(domain=self.domain, version=have), expected))
+        new = dataclasses.replace(state, version=have + 1)
+        entry = dataclasses.replace(
+            entry, details={**entry.details, "state_version": new.version, "rollout_id": new.rollout_id}
+        )
+        cur.execute(
+            "INSERT INTO hatchery_rollout_audit (domain, entry) VALUES (%s, %s)",
+            (self.domain, json.dumps(entry.to_dict(), default=str)),
+        )
+        cur.execute(
+            "UPDATE hatchery_rollout_state SET version = %s, state = %s, updated_at = now() WHERE domain = %s",
+            (new.version, json.dumps(new.to_dict(), default=str), self.domain),
+        )
+        log.info("%s: %s -> %s v%d (%s)", new.domain, entry.from_phase, entry.to_phase, new.version, entry.reason)
+        return new
+
+    @contextlib.contextmanager
+    def driver_lease(self, actor: str, wait_s: float = 0.0, poll_s: float = 0.5) -> Iterator[None]:
+        """Hold the domain's driver lease (an advisory lock) while the block runs; RolloutBusy after wait_s."""
+        conn = self.db.connect()  # its own session: the lock lives as long as this connection
+        self.db.ensure_schema(conn)
+        conn.autocommit = True
+        deadline = time.monotonic() + wait_s
+        try:
+            with conn.cursor() as cur:
+                while True:
+                    cur.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (LEASE_CLASS, self.domain))
+                    if cur.fetchone()[0]:
+                        break
+                    if time.monotonic() >= deadline:
+                        cur.execute("SELECT holder FROM hatchery_rollout_lease WHERE domain = %s", (self.domain,))
+                        row = cur.fetchone()
+                        holder = json.dumps(row[0]) if row else "unknown"
+                        raise RolloutBusy(
+                            f"another rollout driver holds {self.domain} ({holder}); waited {wait_s:.0f} s. "
+                            "It ends when its rollout is full, rolled back or paused"
+                        )
+                    time.sleep(poll_s)
+                holder = {"pid": os.getpid(), "host": socket.gethostname(), "actor": actor, "since": time.time()}
+                cur.execute(
+                    "INSERT INTO hatchery_rollout_lease (domain, holder) VALUES (%s, %s) "
+                    "ON CONFLICT (domain) DO UPDATE SET holder = EXCLUDED.holder",
+                    (self.domain, json.dumps(holder)),
+                )
+            yield
+        finally:
+            conn.close()  # ends the session: the advisory lock is released with it
+
+    def audit(self) -> list[dict[str, Any]]:
+        def work(cur: Any) -> list[dict[str, Any]]:
+            cur.execute("SELECT entry FROM hatchery_rollout_audit WHERE domain = %s ORDER BY id", (self.domain,))
+            return [row[0] for row in cur.fetchall()]
+
+        return self.db.run(work)
+
+    # --- logs -------------------------------------------------------------------------------------
+    def _append(self, kind: str, record: dict[str, Any]) -> None:
+        self.db.run(
+            lambda cur: cur.execute(
+                "INSERT INTO hatchery_rollout_log (domain, kind, rollout_id, record) VALUES (%s, %s, %s, %s)",
+                (self.domain, kind, record.get("rollout_id"), json.dumps(record, default=str)),
+            )
+        )
+
+    def _read(self, kind: str, rollout_id: str | None = None) -> list[dict[str, Any]]:
+        def work(cur: Any) -> list[dict[str, Any]]:
+            sql = "SELECT record FROM hatchery_rollout_log WHERE domain = %s AND kind = %s"
+            args: tuple = (self.domain, kind)
+            if rollout_id is not None:
+                sql, args = sql + " AND rollout_id = %s", (*args, rollout_id)
+            cur.execute(sql + " ORDER BY id", args)
+            return [row[0] for row in cur.fetchall()]
+
+        return self.db.run(work)
+
+    def append_request(self, record: dict[str, Any]) -> None:
+        """One request row; StoreUnavailable (an OSError) when the database is down: the service counts it."""
+        self._append("requests", record)
+
+    def requests(self, rollout_id: str | None = None) -> list[dict[str, Any]]:
+        return self._read("requests", rollout_id)
+
+    def append_feedback(self, record: dict[str, Any]) -> None:
+        self._append("feedback", record)
+
+    def feedback(self, rollout_id: str | None = None) -> list[dict[str, Any]]:
+        return self._read("feedback", rollout_id)
+
+    def append_evaluation(self, record: dict[str, Any]) -> None:
+        self._append("evaluations", record)
+
+    def evaluations(self) -> list[dict[str, Any]]:
+        return self._read("evaluations")

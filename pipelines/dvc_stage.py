@@ -14,11 +14,23 @@ same workspace, so their outputs are reused too. MLflow stays the one store of H
 Before a workspace is prepared, the others unused for HATCHERY_WORKSPACE_TTL_DAYS (default 14) are
 removed, and leftovers of interrupted writes are swept (artifacts.files.sweep_outputs).
 
+Remote mode (the cluster profile: HATCHERY_DVC_REMOTE set, e.g. ssh://user@host:port/path, with
+HATCHERY_DVC_REMOTE_KEYFILE): tasks run on any worker, so no task relies on a folder another task
+wrote. Each task gets a workspace of its own under HATCHERY_WORKSPACES (the worker's working copy;
+default <HATCHERY_HOME>/workspaces/_tasks), with that worker's DVC cache, and removed afterwards:
+it restores the run's dvc.lock (the newest one of these overrides, shared through LockfileStore:
+PostgreSQL under HATCHERY_STATE_URL), `dvc pull`s the target's upstream outputs from the remote,
+runs `dvc repro`, `dvc push`es what it made and merges its dvc.lock back. Every output is cached in
+these workspaces (dvc.yaml's `cache: false` is dropped there), so metrics travel too; the run's
+metrics/ are also copied to <HATCHERY_HOME>/workspaces/<key>/metrics for the report. Two charters
+never share a repository lock: each task holds only its own workspace's.
+
 Usage: python -m pipelines.dvc_stage <stage> [key=value ...]
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -26,7 +38,9 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +101,14 @@ def prepare_workspace(overrides: dict[str, Any] | None = None, base: Paths | Non
     root = workspace_root(overrides, base)
     if root == REPO_ROOT:
         return root
+    return _populate(root, overrides, base)
+
+
+def _populate(root: Path, overrides: dict[str, Any] | None, base: Paths, cache_all: bool = False) -> Path:
+    """Code, dvc.yaml and params.yaml (with the overrides) into root; a DVC repository there.
+
+    cache_all: every output cached (remote mode: outputs must travel through the remote).
+    """
     root.mkdir(parents=True, exist_ok=True)
     os.utime(root)  # "last used": what the workspace sweep ages by
     # Code is re-copied every time: DVC hashes content, so an unchanged copy keeps every stage cached.
@@ -99,6 +121,8 @@ def prepare_workspace(overrides: dict[str, Any] | None = None, base: Paths | Non
         if (REPO_ROOT / name).exists():
             shutil.copy2(REPO_ROOT / name, root / name)
     dvc_yaml = _absolute_outside_deps(yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text()) or {})
+    if cache_all:
+        _cache_every_output(dvc_yaml)
     (root / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
     raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text()) or {}
     merged = apply_overrides(raw, overrides or {})
@@ -113,6 +137,8 @@ def prepare_workspace(overrides: dict[str, Any] | None = None, base: Paths | Non
         params_path.write_text(params_text)
     if not (root / ".dvc").is_dir():
         _dvc(["init", "--no-scm", "--quiet"], cwd=root, env=os.environ.copy())
+        if cache_all:
+            return root  # remote mode sets its own cache and remote
         if base.root.resolve() == REPO_ROOT.resolve() and (REPO_ROOT / ".dvc").is_dir():
             # One cache: outputs a mirror produces are the same objects the repository would store.
             _dvc(["cache", "dir", "--local", str(REPO_ROOT / ".dvc" / "cache")], cwd=root, env=os.environ.copy())
@@ -164,6 +190,85 @@ def stage_env(workspace: Path, base: Paths, budget_env: dict[str, str] | None = 
     return env
 
 
+def _cache_every_output(dvc_yaml: dict[str, Any]) -> None:
+    for stage in (dvc_yaml.get("stages") or {}).values():
+        for kind in ("outs", "metrics", "plots"):
+            for out in stage.get(kind) or []:
+                if isinstance(out, dict):
+                    for flags in out.values():
+                        if isinstance(flags, dict):
+                            flags.pop("cache", None)
+
+
+def remote_url() -> str | None:
+    """HATCHERY_DVC_REMOTE: the remote every worker shares (remote mode), or None (one machine)."""
+    return os.environ.get("HATCHERY_DVC_REMOTE") or None
+
+
+def _task_root(base: Paths) -> Path:
+    return Path(os.environ.get("HATCHERY_WORKSPACES") or base.workspaces / "_tasks")
+
+
+def _lockfiles(base: Paths):
+    from artifacts.shared_state import LockfileStore, state_url
+
+    return LockfileStore(state_url(), base.workspaces / "_locks.json")
+
+
+@contextlib.contextmanager
+def task_workspace(
+    overrides: dict[str, Any] | None, base: Paths | None = None, pull: list[str] | None = None
+) -> Iterator[Path]:
+    """A workspace of this task's own, restored from the shared dvc.lock and remote; removed on exit.
+
+    pull: stages whose outputs (and their upstream stages') are pulled first (missing ones are left
+    for `dvc repro` to rebuild).
+    """
+    base = base or Paths()
+    tasks = _task_root(base)
+    root = tasks / workspace_key(overrides) / f"task-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    env = os.environ.copy()
+    try:
+        _populate(root, overrides, base, cache_all=True)
+        # What `dvc cache dir --local` and `dvc remote add/modify --local` write, in one file (each dvc call
+        # costs an interpreter start): the worker's cache, and the shared remote as the default.
+        local = ["[core]", "    remote = shared", "[cache]", f"    dir = {tasks / '.dvc-cache'}"]
+        local += ["['remote \"shared\"']", f"    url = {remote_url()}"]
+        if os.environ.get("HATCHERY_DVC_REMOTE_KEYFILE"):
+            local.append(f"    keyfile = {os.environ['HATCHERY_DVC_REMOTE_KEYFILE']}")
+        (root / ".dvc" / "config.local").write_text("\n".join(local) + "\n")
+        lock = _lockfiles(base).get(workspace_key(overrides))
+        if lock:
+            (root / "dvc.lock").write_text(lock)
+            if pull:
+                _dvc(["pull", "--with-deps", "--allow-missing", *pull], cwd=root, env=env)
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _publish(root: Path, overrides: dict[str, Any] | None, base: Paths) -> None:
+    """Push what the task made, merge its dvc.lock into the shared one, copy metrics/ for the report."""
+    _dvc(["push"], cwd=root, env=os.environ.copy())
+    if (root / "dvc.lock").exists():
+        _lockfiles(base).merge(workspace_key(overrides), (root / "dvc.lock").read_text())
+    if (root / "metrics").is_dir():
+        shutil.copytree(root / "metrics", workspace_root(overrides, base) / "metrics", dirs_exist_ok=True)
+
+
+@contextlib.contextmanager
+def materialised(plan: dict[str, Any], base: Paths | None = None) -> Iterator[Path]:
+    """The root holding this run's outputs, for the steps that read them (gate, package).
+
+    One machine: the plan's workspace. Remote mode: a task workspace with the plan's stages pulled.
+    """
+    if not remote_url():
+        yield Path(plan["workspace"])
+        return
+    with task_workspace(plan.get("overrides"), base, pull=list(plan["stages"])) as root:
+        yield root
+
+
 def run_stage(
     stage: str,
     overrides: dict[str, Any] | None = None,
@@ -175,7 +280,15 @@ def run_stage(
     Returns {"stage", "workspace", "ran": bool} — ran is False when DVC found everything cached.
     """
     base = base or Paths()
-    sweep_outputs(base, keep_workspaces=(workspace_key(overrides),))
+    sweep_outputs(base, keep_workspaces=(workspace_key(overrides), "_tasks"))
+    if remote_url():
+        if stage not in stage_names(REPO_ROOT):
+            raise StageError(f"stage {stage!r} is not in {REPO_ROOT / 'dvc.yaml'}")
+        workspace_root(overrides, base).mkdir(parents=True, exist_ok=True)  # the run's view: metrics/ (report)
+        with task_workspace(overrides, base, pull=[stage]) as root:
+            ran = _dvc(["repro", stage], cwd=root, env=stage_env(root, base, budget_env))
+            _publish(root, overrides, base)
+        return {"stage": stage, "workspace": str(workspace_root(overrides, base)), "ran": ran}
     root = prepare_workspace(overrides, base)
     known = stage_names(root)
     if stage not in known:

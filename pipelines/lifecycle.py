@@ -42,18 +42,31 @@ def recorded(run_id: str | None, charter: str, task: str, group: str) -> Iterato
         write_json(path, entry)
 
 
-def _workspace_paths(plan: dict[str, Any]) -> Paths:
-    # The workspace holds this run's outputs; MLflow stays the one store of HATCHERY_HOME.
+@contextlib.contextmanager
+def _workspace_paths(plan: dict[str, Any]) -> Iterator[Paths]:
+    # The workspace holds this run's outputs; MLflow stays the one store of HATCHERY_HOME. On a cluster
+    # (HATCHERY_DVC_REMOTE) it is this task's own, pulled from the shared DVC remote (pipelines/dvc_stage.py).
+    from pipelines.dvc_stage import materialised
+
     os.environ.setdefault("MLFLOW_TRACKING_URI", tracking_uri(Paths()))
-    return Paths(root=Path(plan["workspace"]))
+    with materialised(plan) as root:
+        yield Paths(root=Path(root))
 
 
-def requirements(charter: str, overrides: dict[str, Any] | None, run_id: str | None) -> dict[str, Any]:
-    """Validate the charter and overrides; the returned plan drives every later task."""
+def requirements(
+    charter: str, overrides: dict[str, Any] | None, run_id: str | None, trigger: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Validate the charter and overrides; the returned plan drives every later task.
+
+    trigger: why the run started when the feedback loop's asset event started it ({"reason", "asset",
+    "source", ...}, dags/incubation.py); kept in the plan, so the ledger, MLflow and the report show it.
+    """
     from pipelines import requirements as step
 
     with recorded(run_id, charter, "validate_charter", "requirements") as entry:
         plan = step.run(charter, overrides or {})
+        if trigger:
+            plan["trigger"] = trigger
         entry["result"] = plan
         write_json(Paths().incubation_run(run_id, charter) / "plan.json", plan)
     return plan
@@ -86,8 +99,7 @@ def gate(plan: dict[str, Any], run_id: str | None) -> dict:
     from pipelines.requirements import load_charter
 
     charter = load_charter(plan["charter"])
-    paths = _workspace_paths(plan)
-    with recorded(run_id, plan["charter"], "gate", "validation") as entry:
+    with recorded(run_id, plan["charter"], "gate", "validation") as entry, _workspace_paths(plan) as paths:
         try:
             report = step.run(charter, paths)
             entry["result"] = {
@@ -111,8 +123,8 @@ def package(plan: dict[str, Any], run_id: str | None) -> dict:
     from pipelines import package as step
     from pipelines.requirements import load_charter
 
-    with recorded(run_id, plan["charter"], "package", "packaging") as entry:
-        entry["result"] = step.run(load_charter(plan["charter"]), _workspace_paths(plan))
+    with recorded(run_id, plan["charter"], "package", "packaging") as entry, _workspace_paths(plan) as paths:
+        entry["result"] = step.run(load_charter(plan["charter"]), paths)
     return entry["result"]
 
 
