@@ -72,6 +72,21 @@ class Paths:
     def split(self) -> Path:
         return self.data / "split"
 
+    @property
+    def feedback_data(self) -> Path:
+        """What served traffic becomes (pipelines/implicit_judgments.py): training tables and summary.json."""
+        return self.data / "feedback"
+
+    @property
+    def feedback_judgments(self) -> Path:
+        """Implicit search judgments: canonical judgments columns + confidence (train queries only)."""
+        return self.feedback_data / "search_judgments.parquet"
+
+    @property
+    def feedback_events(self) -> Path:
+        """Recommendation feedback as canonical events + weight (before the test cutoff only)."""
+        return self.feedback_data / "recommend_events.parquet"
+
     # --- models, per domain -----------------------------------------------------------------------
     @property
     def models(self) -> Path:
@@ -159,6 +174,12 @@ class Paths:
         """One lifecycle run's ledger and report."""
         return self.reports / "incubation" / run_key(run_id, charter)
 
+    def monitor(self, name: str = "") -> Path:
+        """The drift monitor's files (pipelines/monitor.py): `<charter>.json` / `.html` (the latest report of
+        that charter, which the service's /metrics gauges read) and `state.json` (the last trigger per charter);
+        no name: their folder."""
+        return self.reports / "monitor" / name
+
     def bench(self, name: str) -> Path:
         return self.reports / "bench" / f"{name}.json"
 
@@ -167,6 +188,11 @@ class Paths:
     def serving_cache(self) -> Path:
         """Registry bundles the service downloaded, one folder per <model name>/<version>."""
         return self.root / "serving_cache"
+
+    @property
+    def feedback_store(self) -> Path:
+        """The embedded feedback store (impressions and events, SQLite; artifacts/feedback_store.py)."""
+        return self.root / "feedback" / "feedback.sqlite"
 
     @property
     def workspaces(self) -> Path:

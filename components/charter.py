@@ -180,6 +180,61 @@ class TrainingBudget(Frozen):
     gpu_hours: float = Field(gt=0)
 
 
+class DriftThresholds(Frozen):
+    """Limits of the monitor's drift checks (components/drift.py), each on the excess over what a held-out,
+    in-distribution sample (the valid split) shows against the same training data (its `baseline`).
+
+    query_length_psi: population stability index of the query length (tokens, 1..10+) distribution.
+    oov_rate: rise of the share of query tokens outside the training vocabulary (queries + catalog titles).
+    embedding_alpha: the query-embedding two-sample test (MMD, permutation p-value) breaches below this.
+    unseen_users / unseen_items: rise of the share of requests by users (of interactions with items) the
+    training data never saw.
+    popularity_psi: PSI of the interactions over reference-popularity buckets of the seen items.
+    min_ctr / min_purchase_rate: floors of a model version's online click and purchase rates (requests with a
+    click / a purchase); null: reported only.
+    """
+
+    query_length_psi: float = Field(0.2, gt=0)
+    oov_rate: float = Field(0.1, gt=0, le=1)
+    embedding_alpha: float = Field(0.01, gt=0, lt=0.5)
+    unseen_users: float = Field(0.2, gt=0, le=1)
+    unseen_items: float = Field(0.2, gt=0, le=1)
+    popularity_psi: float = Field(0.25, gt=0)
+    min_ctr: float | None = Field(None, ge=0, le=1)
+    min_purchase_rate: float | None = Field(None, ge=0, le=1)
+
+
+class MonitorPlan(Frozen):
+    """What the feedback loop watches for this charter and when it asks for a new incubation.
+
+    window_hours: the recent traffic the monitor compares with the champion's training data.
+    min_requests: fewer requests in the window give no drift verdict (too noisy to act on).
+    retrain_after_feedback: new feedback events (since the champion was registered) that trigger an
+    incubation even without drift; 0 disables the count trigger.
+    cooldown_hours: after a trigger, no new one for this long (the incubation it started needs time).
+    sample_requests: requests sampled (seeded) for the query-embedding test, which is quadratic in it.
+    permutations: of the embedding test's permutation p-value.
+    """
+
+    window_hours: float = Field(24.0, gt=0)
+    min_requests: int = Field(200, ge=1)
+    retrain_after_feedback: int = Field(50_000, ge=0)
+    cooldown_hours: float = Field(24.0, ge=0)
+    sample_requests: int = Field(400, ge=20, le=5000)
+    permutations: int = Field(200, ge=20, le=10_000)
+    thresholds: DriftThresholds = DriftThresholds()
+
+    @model_validator(mode="after")
+    def _test_can_fire(self) -> MonitorPlan:
+        # A permutation p-value is never below 1 / (1 + permutations): a smaller alpha could never breach.
+        if self.thresholds.embedding_alpha <= 1.0 / (1 + self.permutations):
+            raise ValueError(
+                f"thresholds.embedding_alpha {self.thresholds.embedding_alpha} can never be reached with "
+                f"{self.permutations} permutations (smallest p-value 1/{1 + self.permutations}): raise permutations"
+            )
+        return self
+
+
 class Charter(Frozen):
     """One incubation project, as written in charters/<name>.yaml."""
 
@@ -195,6 +250,7 @@ class Charter(Frozen):
     budget: TrainingBudget
     stages: list[str] = Field(min_length=1)
     owner: str = ""
+    monitor: MonitorPlan = MonitorPlan()
 
     @model_validator(mode="after")
     def _consistent(self) -> Charter:

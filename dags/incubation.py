@@ -5,6 +5,11 @@ Trigger it from the UI (pick a charter), the CLI or the REST API with run parame
 `overrides` are dotted params.yaml keys ({"data.search.path": "/data/mine"}); a run with overrides
 works in its own DVC workspace (pipelines/dvc_stage.py) and never edits params.yaml.
 
+It also starts by itself: the DAG is scheduled on the `hatchery_retrain` asset, which the `feedback` DAG
+(dags/feedback.py) updates when its drift monitor or the new-feedback count says so. Such a run takes the
+charter and overrides from the asset event's extra (the run's own params are the defaults then) and keeps
+the reason in its plan and report. A manual trigger works as before, with its run parameters.
+
 The rollout task drives the live service at HATCHERY_SERVICE_URL (default http://127.0.0.1:3000; `make run`
 starts one) through the charter's shadow -> canary -> full plan.
 
@@ -22,13 +27,15 @@ from datetime import timedelta
 from pathlib import Path
 
 import pendulum
-from airflow.sdk import Param, TaskGroup, dag, task
+from airflow.sdk import Asset, Param, TaskGroup, dag, task
 
 REPO = Path(__file__).resolve().parent.parent
 POOL = "hatchery_dvc"
 CHARTERS_DIR = Path(os.environ.get("HATCHERY_CHARTERS_DIR") or REPO / "charters")
 CHARTERS = sorted(p.stem for p in CHARTERS_DIR.glob("*.yaml")) or ["semantic_search"]
 DEFAULT_CHARTER = "semantic_search" if "semantic_search" in CHARTERS else CHARTERS[0]
+# The feedback loop's retrain request; dags/feedback.py declares the same asset (same name and URI) as its outlet.
+RETRAIN = Asset(name="hatchery_retrain", uri="hatchery://feedback/retrain", group="hatchery")
 
 
 def _lifecycle():
@@ -40,6 +47,33 @@ def _lifecycle():
     return pipelines.lifecycle
 
 
+def _request(params: dict, events) -> dict:
+    """What this run incubates: the latest retrain asset event's charter and overrides when the asset started
+    the run (events: the context's triggering_asset_events), else the run's params (a manual trigger).
+
+    Several events collapsed into one run (they arrived before the scheduler looked) are listed in the
+    trigger; the feedback DAG sends one charter per run, so they name the same charter in practice."""
+    found = sorted((events or {}).get(RETRAIN, []), key=lambda e: e.timestamp)
+    if not found:
+        return {"charter": params["charter"], "overrides": params["overrides"], "trigger": None}
+    latest = found[-1]
+    extra = dict(latest.extra or {})
+    trigger = {
+        "asset": RETRAIN.name,
+        "reason": extra.get("reason", ""),
+        "report": extra.get("report"),
+        "source": f"{latest.source_dag_id}/{latest.source_run_id}",
+        "timestamp": latest.timestamp.isoformat(),
+        "events": len(found),
+        "charters": sorted({str((e.extra or {}).get("charter")) for e in found}),
+    }
+    return {
+        "charter": extra.get("charter") or params["charter"],
+        "overrides": extra.get("overrides") or {},
+        "trigger": trigger,
+    }
+
+
 def _airflow_url(run_id: str) -> str:
     base = os.environ.get("AIRFLOW__API__BASE_URL", "http://localhost:8080").rstrip("/")
     return f"{base}/dags/incubation/runs/{run_id}"
@@ -48,7 +82,7 @@ def _airflow_url(run_id: str) -> str:
 @dag(
     dag_id="incubation",
     description="Incubate a search or recommendation model against its charter, up to a packaged challenger",
-    schedule=None,
+    schedule=[RETRAIN],
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=2,
@@ -65,8 +99,8 @@ def _airflow_url(run_id: str) -> str:
 def incubation():
     # Deterministic decisions (a bad charter, a failed gate, the run verdict) fail the same way twice: no retries.
     @task(retries=0)
-    def validate_charter(params=None, run_id=None) -> dict:
-        return _lifecycle().requirements(params["charter"], params["overrides"], run_id)
+    def validate_charter(params=None, run_id=None, triggering_asset_events=None) -> dict:
+        return _lifecycle().requirements(**_request(params, triggering_asset_events), run_id=run_id)
 
     @task(pool=POOL)
     def ingest(plan: dict, run_id=None) -> dict:
@@ -105,8 +139,8 @@ def incubation():
         return _lifecycle().rollout(plan, run_id)
 
     @task(trigger_rule="all_done", retries=0)
-    def report(params=None, run_id=None) -> dict:
-        return _lifecycle().report(params["charter"], run_id, _airflow_url(run_id))
+    def report(params=None, run_id=None, triggering_asset_events=None) -> dict:
+        return _lifecycle().report(_request(params, triggering_asset_events)["charter"], run_id, _airflow_url(run_id))
 
     with TaskGroup("requirements", tooltip="charter validation, then the data checks") as requirements_tg:
         plan = validate_charter()

@@ -107,6 +107,8 @@ def run(charter: str, run_id: str | None, paths: Paths | None = None, airflow_ur
         "status": "failed" if bad else "success",
         "headline": headline,
         "workspace": str(workspace) if workspace else None,
+        # Why the run started: the feedback loop's retrain request (dags/feedback.py), or None for a manual run.
+        "trigger": plan.get("trigger") if plan else None,
         "stages": stages,
         "unit_metrics": list(UNIT_METRICS.get(domain, ())) + (["rerank_ndcg_at_10"] if domain == "search" else []),
         "gate": {k: gate[k] for k in ("passed", "reason", "champion", "challenger")} if gate else None,
