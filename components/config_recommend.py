@@ -55,10 +55,28 @@ class CandidateParams(Frozen):
     own: int = Field(100, ge=0)
     knn: int = Field(50, ge=0)
     mf: int = Field(50, ge=0)
-    encoder: int = Field(50, ge=0)
+    # 0: the GRU user encoder is no candidate source (alone it ranks below item-kNN; see README).
+    encoder: int = Field(0, ge=0)
     trending: int = Field(30, ge=0)
     knn_neighbours: int = Field(10, ge=1)
     trending_days: float = Field(30.0, gt=0)
+    # Repeat-aware signals (components/rec_features.repeat_signals): TIFU-kNN (Hu et al., SIGIR 2020)
+    # personal vectors, baskets grouped by tifu_group_size from the most recent one, decayed by
+    # tifu_within_decay inside a group and tifu_group_decay across groups; score = alpha * own
+    # vector + (1 - alpha) * mean vector of the tifu_neighbours most similar users.
+    tifu: int = Field(50, ge=0)
+    # EASE (Steck 2019) over the users' binary purchases, rebuilt from the stored purchase statistics.
+    ease: int = Field(50, ge=0)
+    ease_lambda: float = Field(200.0, gt=0)
+    tifu_group_size: int = Field(3, ge=1)
+    tifu_within_decay: float = Field(0.9, gt=0, le=1)
+    tifu_group_decay: float = Field(0.5, gt=0, le=1)
+    tifu_neighbours: int = Field(100, ge=1)
+    tifu_alpha: float = Field(0.7, ge=0, le=1)
+    # Half-life (days) of the time-decayed personal basket count.
+    decay_half_life_days: float = Field(60.0, gt=0)
+    # "Recent" baskets whose items' kNN neighbours make the co-purchase feature.
+    recent_baskets: int = Field(3, ge=1)
 
 
 class RecRankerParams(LambdaRankParams):
@@ -66,6 +84,22 @@ class RecRankerParams(LambdaRankParams):
 
     # Share of the ranker's training users held out for early stopping (by a stable user hash).
     holdout_share: float = Field(0.2, gt=0, lt=1)
+
+
+class FeedbackEventsParams(Frozen):
+    """Purchases and add-to-carts on served recommendations (pipelines/implicit_judgments.py) as extra
+    training events. enabled: train_recommend adds them to every fold's history, only those strictly
+    before the fold's cutoff (evaluation stays on the protocol's temporal split). weights: per event type,
+    the quantity it counts as (a purchase 1; 0 leaves the type out)."""
+
+    enabled: bool = False
+    weights: dict[Literal["purchase", "add_to_cart", "click"], float] = {"purchase": 1.0, "add_to_cart": 0.3}
+
+    @model_validator(mode="after")
+    def _weights(self) -> FeedbackEventsParams:
+        if any(w < 0 for w in self.weights.values()):
+            raise ValueError(f"weights must be >= 0: {self.weights}")
+        return self
 
 
 class RecommendParams(Frozen):
@@ -96,6 +130,10 @@ class RecommendParams(Frozen):
         num_leaves=15, learning_rate=0.02, n_estimators=1000, early_stopping_rounds=100
     )
     selection_window_days: int = Field(31, ge=1)
+    # Monthly folds (selection_window_days each) before the valid cutoff that the valid-number ranker
+    # learns from; the served ranker learns from them plus the valid fold.
+    ranker_folds: int = Field(1, ge=1)
+    feedback_events: FeedbackEventsParams = FeedbackEventsParams()
     bench_users: int = Field(200, ge=1)
 
     @model_validator(mode="after")

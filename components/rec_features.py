@@ -1,10 +1,14 @@
 """Candidate generation and re-ranking features for recommendation, from one fitted state.
 
 `fit_rec_state` turns a purchase history (events before a cutoff) into `RecState`: per-user purchase
-statistics, item statistics and the fitted generators (item kNN, BPR matrix factorisation, the GRU
-user encoder over text-based item vectors). `candidate_features` then produces, for a batch of users,
-the candidate items (own history + each generator's top-n + recent popularity) and one feature row
-per (user, candidate). Training, offline evaluation and serving all call these same two functions.
+statistics with repeat-aware signals (TIFU-kNN vectors, time-decayed counts, baskets since the last
+purchase, "due to buy again" ratios), item statistics and the fitted generators (TIFU-kNN, EASE, item
+kNN, BPR matrix factorisation, the GRU user encoder over text-based item vectors). `candidate_features`
+then produces, for a batch of users, the candidate items (own history + each generator's top-n +
+recent popularity) and one feature row per (user, candidate). Training, offline evaluation and serving
+all call these same two functions. The GRU encoder is neither a feature nor, by default
+(`candidates.encoder: 0`), a candidate source: alone it ranks below item-kNN; its vectors serve
+`similar` and the user profiles.
 
 Times are days before `as_of` (the cutoff), so a state fitted on an earlier fold yields features on
 the same scale as one fitted on the latest data.
@@ -22,11 +26,27 @@ import scipy.sparse as sp
 from components import schema as s
 from components.config_recommend import CandidateParams, MFParams, UserEncoderParams
 from components.mf import train_bpr
-from components.rec_baselines import build_interactions, item_knn_similarity, prepare_events
+from components.rec_baselines import (
+    Interactions,
+    build_interactions,
+    ease_weights,
+    item_knn_similarity,
+    prepare_events,
+)
 from components.user_encoder import encode_users, item_vectors, train_user_encoder
 
 DAY = np.timedelta64(1, "D")
-GENERATORS = ("own", "knn", "mf", "encoder", "trending")
+USER_ITEM_STATS = (
+    "baskets",
+    "quantity",
+    "spend",
+    "first_days",
+    "last_days",
+    "decayed",
+    "tifu",
+    "baskets_since",
+)
+GENERATORS = ("own", "tifu", "ease", "knn", "mf", "encoder", "trending")
 
 FEATURES = (
     "own_baskets",
@@ -38,23 +58,36 @@ FEATURES = (
     "own_interval",
     "own_due",
     "own_rank",
+    "own_decayed",
+    "own_tifu",
+    "own_baskets_since",
+    "own_due_item",
+    "tifu_score",
+    "tifu_rank",
+    "ease_score",
+    "ease_rank",
+    "recent_knn",
     "user_baskets",
     "user_items",
     "user_days_since_last",
     "user_days_since_first",
     "user_monetary",
+    "user_repeat_ratio",
+    "user_basket_size",
+    "user_interval",
+    "user_due",
     "item_price",
     "price_ratio",
     "item_buyers",
     "item_buyers_30d",
     "item_trend",
     "item_age_days",
+    "item_repeat_rate",
+    "item_interval",
     "knn_score",
     "knn_rank",
     "mf_score",
     "mf_rank",
-    "encoder_score",
-    "encoder_rank",
 )
 
 
@@ -64,7 +97,8 @@ class RecState:
 
     items: (n_items,) ids sorted, catalog items and history items together. rankable: (n_items,) bool,
     bought at least once in the history (the protocol's ranked universe). users: (n_users,) ids sorted.
-    user_items: long frame (user, item, baskets, quantity, spend, first_days, last_days) of purchases.
+    user_items: long frame (user, item, baskets, quantity, spend, first_days, last_days, decayed, tifu,
+    baskets_since) of purchases; see `repeat_signals` for the last three.
     user_stats: per-user totals, precomputed so that scoring one user never scans the history.
     """
 
@@ -88,6 +122,7 @@ class RecState:
     config: CandidateParams = field(default_factory=CandidateParams)
     encoder_weights: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     _csr: dict[str, sp.csr_matrix] = field(default_factory=dict, repr=False)
+    _derived: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def stat(self, name: str) -> sp.csr_matrix:
         """(n_users, n_items) CSR of one user_items column, built once."""
@@ -98,6 +133,58 @@ class RecState:
                 shape=(len(self.users), len(self.items)),
             )
         return self._csr[name]
+
+    def recent_matrix(self) -> sp.csr_matrix:
+        """(n_users, n_items) CSR, 1 where the item is in one of the user's `recent_baskets` last baskets."""
+        if "_recent" not in self._csr:
+            ui = self.user_items.loc[self.user_items["baskets_since"] < self.config.recent_baskets]
+            self._csr["_recent"] = sp.csr_matrix(
+                (np.ones(len(ui), dtype=np.float32), (ui["user"].to_numpy(), ui["item"].to_numpy())),
+                shape=(len(self.users), len(self.items)),
+            )
+        return self._csr["_recent"]
+
+    def derived(self) -> dict[str, np.ndarray]:
+        """Per-item and per-user repeat statistics derived from user_items and user_stats (cached).
+
+        item_repeat_rate: share of an item's buyers who bought it in two or more baskets (NaN: no buyer).
+        item_interval: median over those repeat buyers of their mean days between two baskets of it.
+        user_repeat_ratio: share of the user's (basket, item) pairs whose item was bought in an earlier
+        basket; user_basket_size: distinct items per basket; user_interval: mean days between baskets
+        (NaN for one basket); user_due: days since the last basket / user_interval.
+        """
+        if "item_repeat_rate" not in self._derived:
+            ui, n_items = self.user_items, len(self.items)
+            repeat = ui["baskets"].to_numpy() > 1
+            buyers = np.bincount(ui["item"], minlength=n_items).astype(np.float32)
+            repeaters = np.bincount(ui["item"], weights=repeat, minlength=n_items).astype(np.float32)
+            gaps = (ui["first_days"] - ui["last_days"]) / np.maximum(ui["baskets"] - 1, 1)
+            interval = gaps[repeat].groupby(ui["item"][repeat]).median().reindex(range(n_items))
+            pairs = np.bincount(ui["user"], weights=ui["baskets"], minlength=len(self.users))
+            st = self.user_stats
+            n_baskets = st["baskets"].to_numpy(np.float64)
+            user_interval = np.where(
+                n_baskets > 1, (st["first_days"] - st["last_days"]).to_numpy() / np.maximum(n_baskets - 1, 1), np.nan
+            )
+            self._derived.update(
+                item_repeat_rate=np.where(buyers > 0, repeaters / np.maximum(buyers, 1), np.nan).astype(np.float32),
+                item_interval=interval.to_numpy(np.float32),
+                user_repeat_ratio=(1.0 - st["items"].to_numpy() / np.maximum(pairs, 1)).astype(np.float32),
+                user_basket_size=(pairs / np.maximum(n_baskets, 1)).astype(np.float32),
+                user_interval=user_interval.astype(np.float32),
+                user_due=(st["last_days"].to_numpy() / np.maximum(user_interval, 1.0)).astype(np.float32),
+            )
+        return self._derived
+
+    def ease_matrix(self) -> np.ndarray:
+        """EASE item-item weights (n_items, n_items) over the users' binary purchases, built once.
+
+        Derived from user_items (what the bundle stores), so a loaded model rebuilds the same matrix.
+        """
+        if "_ease" not in self._derived:
+            inter = Interactions(self.users, self.items, self.stat("baskets"))
+            self._derived["_ease"] = ease_weights(inter, self.config.ease_lambda)
+        return self._derived["_ease"]
 
     def knn_matrix(self) -> sp.csr_matrix:
         if "_knn" not in self._csr:
@@ -125,6 +212,39 @@ def user_sequences(events: pd.DataFrame, users: np.ndarray, items: np.ndarray) -
     return [by_user.get(u, []) for u in users]
 
 
+def repeat_signals(events: pd.DataFrame, config: CandidateParams) -> pd.DataFrame:
+    """Per (user, product) repeat-buying signals, indexed by (user_id, product_id).
+
+    events: prepared purchases with `_days` (days before the cutoff). A basket is a session; its age
+    is its latest event. Columns:
+      decayed: sum over the user's baskets holding the item of 0.5 ** (age / decay_half_life_days).
+      tifu: the item's entry in TIFU-kNN's personal vector. The user's baskets, newest first, form
+        groups of tifu_group_size (the oldest group may be smaller); a basket at position p (from the
+        newest) of group g (from the newest) weighs within**p * across**g / (group size * groups), so a
+        user's weights sum to at most 1 and a one-basket user's item has weight 1.
+      baskets_since: the user's baskets after the last one holding the item (0 = in the last basket).
+    """
+    cfg = config
+    baskets = events.groupby([s.USER_ID, s.SESSION_ID], sort=False)["_days"].min().reset_index()
+    baskets = baskets.sort_values([s.USER_ID, "_days", s.SESSION_ID], kind="stable")
+    ago = baskets.groupby(s.USER_ID, sort=False).cumcount().to_numpy()
+    n = baskets.groupby(s.USER_ID, sort=False)["_days"].transform("size").to_numpy()
+    m = cfg.tifu_group_size
+    group, pos = ago // m, ago % m
+    n_groups = -(-n // m)
+    size = np.where(group == n_groups - 1, n - m * (n_groups - 1), m)
+    weight = cfg.tifu_within_decay**pos * cfg.tifu_group_decay**group / (size * n_groups)
+    baskets = baskets.assign(
+        _ago=ago, _w=weight, _decay=0.5 ** (baskets["_days"].to_numpy() / cfg.decay_half_life_days)
+    )
+    pairs = events.drop_duplicates([s.USER_ID, s.PRODUCT_ID, s.SESSION_ID])[[s.USER_ID, s.PRODUCT_ID, s.SESSION_ID]]
+    pairs = pairs.merge(baskets, on=[s.USER_ID, s.SESSION_ID], how="left")
+    out = pairs.groupby([s.USER_ID, s.PRODUCT_ID]).agg(
+        decayed=("_decay", "sum"), tifu=("_w", "sum"), baskets_since=("_ago", "min")
+    )
+    return out.astype(np.float32)
+
+
 def fit_rec_state(
     events: pd.DataFrame,
     catalog: pd.DataFrame,
@@ -136,12 +256,16 @@ def fit_rec_state(
     seed: int,
     device=None,
     should_stop: Callable[[], bool] | None = None,
+    fit_encoder: bool = True,
 ) -> RecState:
     """Fit every generator and statistic on `events` (all strictly before `as_of`).
 
     catalog: product_id, title, price; text: (len(catalog), dim) text embeddings in catalog order.
     Events after `as_of` raise: they would leak the target window into the features.
     `should_stop` (a training budget) is passed to the MF and user-encoder epoch loops.
+    fit_encoder=False skips the GRU user encoder (zero vectors, no weights): for states that only
+    supply the re-ranker's training rows, since the encoder is neither a feature nor, by default, a
+    candidate source.
     """
     ev = prepare_events(events)
     as_of = np.datetime64(pd.Timestamp(as_of).to_datetime64(), "ns")
@@ -178,12 +302,12 @@ def fit_rec_state(
         first_days=("_days", "max"),
         last_days=("_days", "min"),
     )
-    agg = agg.reset_index()
+    agg = agg.join(repeat_signals(ev, candidate_config)).reset_index()
     user_items = pd.DataFrame(
         {
             "user": pd.Index(users).get_indexer(agg[s.USER_ID]),
             "item": item_pos.get_indexer(agg[s.PRODUCT_ID]),
-            **{c: agg[c].to_numpy(np.float32) for c in ("baskets", "quantity", "spend", "first_days", "last_days")},
+            **{c: agg[c].to_numpy(np.float32) for c in USER_ITEM_STATS},
         }
     )
 
@@ -202,10 +326,16 @@ def fit_rec_state(
     mf_users, mf_items = train_bpr(inter.binary, mf_config, seed, device, should_stop)
     mf_items[~rankable] = 0.0  # never-bought items have untrained factors; score them neutrally
 
-    seqs = user_sequences(ev, users, items)
-    enc = train_user_encoder(seqs, text_all, rankable, encoder_config, seed, device, should_stop)
-    encoder_users = encode_users(enc, seqs, encoder_config.max_len)
-    encoder_items = item_vectors(enc)
+    if fit_encoder:
+        seqs = user_sequences(ev, users, items)
+        enc = train_user_encoder(seqs, text_all, rankable, encoder_config, seed, device, should_stop)
+        encoder_users = encode_users(enc, seqs, encoder_config.max_len)
+        encoder_items = item_vectors(enc)
+        weights = {k: v.detach().cpu().numpy() for k, v in enc.state_dict().items() if k not in ("text", "seen")}
+    else:
+        encoder_users = np.zeros((len(users), encoder_config.dim), dtype=np.float32)
+        encoder_items = np.zeros((len(items), encoder_config.dim), dtype=np.float32)
+        weights = {}
     return RecState(
         as_of=as_of,
         items=items,
@@ -225,7 +355,7 @@ def fit_rec_state(
         mf_users=mf_users,
         encoder_users=encoder_users,
         config=candidate_config,
-        encoder_weights={k: v.detach().cpu().numpy() for k, v in enc.state_dict().items() if k not in ("text", "seen")},
+        encoder_weights=weights,
     )
 
 
@@ -242,23 +372,57 @@ def _neighbour_lists(sim: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray
     return index, value
 
 
-def generator_scores(state: RecState, rows: np.ndarray) -> dict[str, np.ndarray]:
-    """Dense (len(rows), n_items) scores of each generator for known user rows (-inf off the ranked universe)."""
-    own = state.stat("baskets")[rows].toarray()
-    recency = state.stat("last_days")[rows].toarray()
-    bought = own > 0
-    # Own history: more baskets first, then the more recent purchase.
-    own_score = np.where(bought, own + 1.0 / (2.0 + recency), -np.inf)
-    binary = (state.stat("baskets")[rows] > 0).astype(np.float32)
-    out = {
-        "own": own_score,
-        "knn": np.asarray((binary @ state.knn_matrix()).todense(), dtype=np.float32),
-        "mf": state.mf_users[rows] @ state.mf_items.T,
-        "encoder": state.encoder_users[rows] @ state.encoder_items.T,
-        "trending": np.broadcast_to(state.item_buyers_recent, own.shape).astype(np.float32),
+def tifu_scores(state: RecState, rows: np.ndarray) -> np.ndarray:
+    """TIFU-kNN: alpha * own vector + (1 - alpha) * mean vector of the most cosine-similar other users.
+
+    Returns dense (len(rows), n_items) float32; rows are user positions of the state.
+    """
+    cfg = state.config
+    vec = state.stat("tifu")
+    if "_tifu_unit" not in state._csr:
+        norm = np.sqrt(np.asarray(vec.multiply(vec).sum(axis=1)).ravel())
+        state._csr["_tifu_unit"] = sp.csr_matrix(sp.diags(1.0 / np.maximum(norm, 1e-12)) @ vec)
+    unit = state._csr["_tifu_unit"]
+    own = vec[rows].toarray()
+    k = min(cfg.tifu_neighbours, len(state.users) - 1)
+    if k <= 0 or cfg.tifu_alpha >= 1.0:
+        return own.astype(np.float32)
+    sim = (unit[rows] @ unit.T).toarray()
+    sim[np.arange(len(rows)), rows] = -np.inf  # never one's own neighbour
+    top = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+    mean = sp.csr_matrix(
+        (np.full(top.size, 1.0 / k, dtype=np.float32), (np.repeat(np.arange(len(rows)), k), top.ravel())),
+        shape=(len(rows), len(state.users)),
+    )
+    neighbours = (mean @ vec).toarray()
+    return (cfg.tifu_alpha * own + (1.0 - cfg.tifu_alpha) * neighbours).astype(np.float32)
+
+
+def generator_scores(state: RecState, rows: np.ndarray, names: Sequence[str] = GENERATORS) -> dict[str, np.ndarray]:
+    """Dense (len(rows), n_items) scores of the named generators for known user rows (-inf off the ranked universe)."""
+
+    def own() -> np.ndarray:
+        # Own history: more baskets first, then the more recent purchase.
+        baskets = state.stat("baskets")[rows].toarray()
+        recency = state.stat("last_days")[rows].toarray()
+        return np.where(baskets > 0, baskets + 1.0 / (2.0 + recency), -np.inf)
+
+    def knn() -> np.ndarray:
+        binary = (state.stat("baskets")[rows] > 0).astype(np.float32)
+        return np.asarray((binary @ state.knn_matrix()).todense(), dtype=np.float32)
+
+    make = {
+        "own": own,
+        "tifu": lambda: tifu_scores(state, rows),
+        "ease": lambda: (state.stat("baskets")[rows] > 0).astype(np.float32) @ state.ease_matrix(),
+        "knn": knn,
+        "mf": lambda: state.mf_users[rows] @ state.mf_items.T,
+        "encoder": lambda: state.encoder_users[rows] @ state.encoder_items.T,
+        "trending": lambda: np.broadcast_to(state.item_buyers_recent, (len(rows), len(state.items))),
     }
-    for name, sc in out.items():
-        sc = np.asarray(sc, dtype=np.float64 if name == "own" else np.float32)
+    out = {}
+    for name in names:
+        sc = np.array(make[name](), dtype=np.float64 if name == "own" else np.float32)
         sc[:, ~state.rankable] = -np.inf
         out[name] = sc
     return out
@@ -281,17 +445,14 @@ def candidate_features(state: RecState, rows: np.ndarray) -> tuple[np.ndarray, n
     """
     cfg = state.config
     rows = np.asarray(rows, dtype=np.int64)
-    scores = generator_scores(state, rows)
+    sizes = {name: getattr(cfg, name) for name in GENERATORS}
+    # Generators behind a feature are always scored; the others only when they supply candidates.
+    names = [g for g in GENERATORS if g in ("own", "tifu", "ease", "knn", "mf") or sizes[g] > 0]
+    scores = generator_scores(state, rows, names)
     n_items = len(state.items)
     take = np.zeros((len(rows), n_items), dtype=bool)
-    for name, n in (
-        ("own", cfg.own),
-        ("knn", cfg.knn),
-        ("mf", cfg.mf),
-        ("encoder", cfg.encoder),
-        ("trending", cfg.trending),
-    ):
-        sc = scores[name]
+    for name in names:
+        sc, n = scores[name], sizes[name]
         n = min(n, n_items)
         if n <= 0:
             continue
@@ -311,6 +472,8 @@ def candidate_features(state: RecState, rows: np.ndarray) -> tuple[np.ndarray, n
 
     pu = state.user_stats.iloc[rows]
     u = r_idx
+    der = state.derived()
+    item_interval = der["item_interval"][i_idx]
     spend = pick(state.stat("spend")[rows].toarray())
     qty = pick(state.stat("quantity")[rows].toarray())
     user_spend = pu["monetary"].to_numpy(np.float64)
@@ -328,23 +491,34 @@ def candidate_features(state: RecState, rows: np.ndarray) -> tuple[np.ndarray, n
         "own_interval": interval,
         "own_due": np.where(np.isfinite(interval), last / np.maximum(interval, 1.0), np.nan),
         "own_rank": np.where(bought, pick(_ranks(np.nan_to_num(scores["own"], neginf=-1.0))), np.nan),
+        "own_decayed": pick(state.stat("decayed")[rows].toarray()),
+        "own_tifu": pick(state.stat("tifu")[rows].toarray()),
+        "own_baskets_since": np.where(bought, pick(state.stat("baskets_since")[rows].toarray()), np.nan),
+        # Days since the last purchase over the item's typical repurchase gap: "due to buy again".
+        "own_due_item": np.where(bought, last / np.maximum(item_interval, 1.0), np.nan),
+        "tifu_score": pick(scores["tifu"]),
+        "tifu_rank": pick(_ranks(scores["tifu"])),
+        "ease_score": pick(scores["ease"]),
+        "ease_rank": pick(_ranks(scores["ease"])),
+        "recent_knn": pick(np.asarray((state.recent_matrix()[rows] @ state.knn_matrix()).todense())),
         "user_baskets": pu["baskets"].to_numpy(np.float32)[u],
         "user_items": pu["items"].to_numpy(np.float32)[u],
         "user_days_since_last": pu["last_days"].to_numpy(np.float32)[u],
         "user_days_since_first": pu["first_days"].to_numpy(np.float32)[u],
         "user_monetary": user_spend.astype(np.float32)[u],
+        **{f: der[f][rows][u] for f in ("user_repeat_ratio", "user_basket_size", "user_interval", "user_due")},
         "item_price": price,
         "price_ratio": price / avg_price[u],
         "item_buyers": state.item_buyers[i_idx],
         "item_buyers_30d": state.item_buyers_recent[i_idx],
         "item_trend": state.item_buyers_recent[i_idx] / np.maximum(state.item_buyers[i_idx], 1.0),
         "item_age_days": state.item_age_days[i_idx],
+        "item_repeat_rate": der["item_repeat_rate"][i_idx],
+        "item_interval": item_interval,
         "knn_score": pick(scores["knn"]),
         "knn_rank": pick(_ranks(scores["knn"])),
         "mf_score": pick(scores["mf"]),
         "mf_rank": pick(_ranks(scores["mf"])),
-        "encoder_score": pick(scores["encoder"]),
-        "encoder_rank": pick(_ranks(scores["encoder"])),
     }
     x = np.column_stack([np.asarray(feats[f], dtype=np.float32) for f in FEATURES])
     return rows[r_idx], i_idx, x

@@ -92,13 +92,13 @@ class RecommendModel:
         return out
 
     def generator_ranking(self, name: str, user_ids: Sequence[str], k: int) -> dict[str, list[str]]:
-        """{user: top-k item ids} by one generator alone ("mf", "encoder", "knn", "own", "trending")."""
+        """{user: top-k item ids} by one generator alone ("own", "tifu", "knn", "mf", "encoder", "trending")."""
         rows = rows_of(self.state, user_ids)
         if (rows < 0).any():
             raise KeyError("generator_ranking is for known users only")
         out = {}
         for start in range(0, len(rows), 256):
-            sc = generator_scores(self.state, rows[start : start + 256])[name]
+            sc = generator_scores(self.state, rows[start : start + 256], [name])[name]
             sc = np.where(np.isfinite(sc), sc, -np.inf)
             top = np.argsort(-sc, axis=1, kind="stable")[:, :k]
             for j, u in enumerate(user_ids[start : start + 256]):

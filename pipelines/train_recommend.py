@@ -1,14 +1,14 @@
 """train_recommend: model selection on the valid fold, then the served model fitted on all history before T.
 
-Folds (EVALUATION.md, with one extra fold so the re-ranker is always scored on users and windows it
-never learned from):
-  selection fold: history before T_valid - selection_window_days, labels up to T_valid
+Folds (EVALUATION.md, with extra folds so the re-ranker is always scored on users and windows it
+never learned from; W = selection_window_days, n = ranker_folds):
+  selection folds: history before T_valid - j * W, labels the next W (j = n .. 1)
   valid fold:     history before T_valid, labels [T_valid, T)
   test fold:      history before T (the test window is never read by this step)
 
 1. Baselines' hyper-parameters (item-kNN k, EASE lambda) are picked on the valid fold.
-2. The re-ranker's valid number: generators fitted on the selection-fold history, ranker trained on
-   its labels, applied to the valid fold (generators refitted on the valid history).
+2. The re-ranker's valid number: generators fitted on each selection fold's history, ranker trained on
+   their labels, applied to the valid fold (generators refitted on the valid history).
 3. The served model: ranker trained on the selection and valid folds stacked; generators refitted on
    all history before T.
 
@@ -71,6 +71,7 @@ def fit_state(
     params: Params,
     device,
     deadline: Deadline | None = None,
+    fit_encoder: bool = True,
 ) -> RecState:
     rp = params.recommend
     should_stop = deadline.expired if deadline is not None else None
@@ -85,6 +86,7 @@ def fit_state(
         params.seed,
         device,
         should_stop,
+        fit_encoder,
     )
 
 
@@ -102,10 +104,26 @@ def score_model(model: RecommendModel, targets: dict[str, set[str]]) -> dict[str
     n = int(model.state.rankable.sum())
     rankings = {
         "rerank": model.rank_users(users, K),
+        "tifu_knn": model.generator_ranking("tifu", users, K),
         "mf": model.generator_ranking("mf", users, K),
         "user_encoder": model.generator_ranking("encoder", users, K),
     }
     return {name: evaluate_rankings(r, targets, bought, n).summary() for name, r in rankings.items()}
+
+
+def add_feedback_events(
+    paths: Paths, rp: RecommendParams, hist_v: pd.DataFrame, hist_t: pd.DataFrame, cut: dict[str, pd.Timestamp]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Both folds' histories plus the feedback events strictly before each fold's cutoff, as purchases
+    weighted by recommend.feedback_events.weights (the test window is never touched)."""
+    from components.feedback.implicit import training_events
+
+    extra = pd.read_parquet(paths.feedback_events)
+    kinds = [e for e, w in rp.feedback_events.weights.items() if w > 0]
+    return tuple(
+        pd.concat([hist, training_events(extra, cut[fold], kinds)], ignore_index=True)
+        for hist, fold in ((hist_v, "valid"), (hist_t, "test"))
+    )
 
 
 def select_baselines(history: pd.DataFrame, window: pd.DataFrame, rp: RecommendParams) -> dict:
@@ -164,6 +182,8 @@ def run(params: Params, paths: Paths) -> dict:
         cut = fold_cutoffs(paths)
         hist_v, win_v = read_fold(paths, "valid")
         hist_t, _ = read_fold(paths, "test", window=False)  # the test window is evaluation's alone
+        if rp.feedback_events.enabled:  # served-recommendation purchases (pipelines/implicit_judgments.py)
+            hist_v, hist_t = add_feedback_events(paths, rp, hist_v, hist_t, cut)
         t = time.perf_counter()
         text = embed_catalog(catalog, rp, device)
         t = lap("embed", t)
@@ -171,22 +191,27 @@ def run(params: Params, paths: Paths) -> dict:
         selection = select_baselines(hist_v, win_v, rp)
         t = lap("baselines", t)
 
-        sel_cut = cut["valid"] - timedelta(days=rp.selection_window_days)
-        early, late = hist_v.loc[hist_v[s.TIMESTAMP] < sel_cut], hist_v.loc[hist_v[s.TIMESTAMP] >= sel_cut]
-        state_sel = fit_state(early, catalog, text, sel_cut, params, device, deadline)
-        targets_sel = evaluation_targets(early, late)
-        booster_sel, info_sel = train_rec_ranker([(state_sel, targets_sel)], rp.ranker, params.seed, stop_boosting)
+        # Selection folds, oldest first: history before T_valid - j * window, labels the next window
+        # (j = ranker_folds .. 1). They only supply ranker rows, so their states skip the GRU encoder.
+        window = timedelta(days=rp.selection_window_days)
+        folds, cutoffs = [], []
+        for j in range(rp.ranker_folds, 0, -1):
+            sel_cut = cut["valid"] - j * window
+            when = hist_v[s.TIMESTAMP]
+            early, late = hist_v.loc[when < sel_cut], hist_v.loc[(when >= sel_cut) & (when < sel_cut + window)]
+            state = fit_state(early, catalog, text, sel_cut, params, device, deadline, fit_encoder=False)
+            folds.append((state, evaluation_targets(early, late)))
+            cutoffs.append(str(sel_cut))
+        booster_sel, info_sel = train_rec_ranker(folds, rp.ranker, params.seed, stop_boosting)
         t = lap("selection_fold", t)
 
         state_v = fit_state(hist_v, catalog, text, cut["valid"], params, device, deadline)
         targets_v = evaluation_targets(hist_v, win_v)
         selection["valid"].update(score_model(RecommendModel(state_v, booster_sel), targets_v))
-        selection["selection_fold"] = {"cutoff": str(sel_cut), **info_sel}
-        # The served ranker learns from both folds before T (never the test window): more users and
-        # two moments in time; the valid number above comes from the selection fold alone.
-        booster, info = train_rec_ranker(
-            [(state_sel, targets_sel), (state_v, targets_v)], rp.ranker, params.seed, stop_boosting
-        )
+        selection["selection_fold"] = {"cutoffs": cutoffs, **info_sel}
+        # The served ranker learns from every fold before T (never the test window): more users and
+        # more moments in time; the valid number above comes from the selection folds alone.
+        booster, info = train_rec_ranker([*folds, (state_v, targets_v)], rp.ranker, params.seed, stop_boosting)
         selection["final_ranker"] = info
         t = lap("valid_fold", t)
 
