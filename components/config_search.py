@@ -37,11 +37,21 @@ class TrainingProfile(Frozen):
     # `frozen_layers` transformer layers. On 2 CPU cores this halves backward + optimizer time.
     freeze_embeddings: bool = False
     frozen_layers: int = Field(0, ge=0)
+    # With train_product_tower and a frozen bottom: the products' hidden states below it are computed
+    # once and cached (components.encoder_training.FrozenStates), so training steps and the final
+    # catalog pass run only the top layers on products.
+    cache_frozen_states: bool = False
     max_queries: int | None = Field(None, ge=1)  # cap on training queries (None = all)
     max_steps: int | None = Field(None, ge=1)
     checkpoint_every: int = Field(200, ge=1)  # steps
     encode_batch_size: int = Field(256, ge=1)
     num_threads: int = Field(0, ge=0)  # torch CPU threads (0 = torch's default)
+
+    @model_validator(mode="after")
+    def _cache_needs_frozen_bottom(self) -> TrainingProfile:
+        if self.cache_frozen_states and not (self.train_product_tower and self.freeze_embeddings):
+            raise ValueError("cache_frozen_states needs train_product_tower and freeze_embeddings")
+        return self
 
 
 class AnnParams(Frozen):
@@ -60,6 +70,38 @@ class RankerParams(LambdaRankParams):
     # Graded labels: the continuous gain (0..the judgment scale's max gain, data.search.relevance) is
     # quantised to `label_levels` integer grades, each worth its gain (linear label_gain).
     label_levels: int = Field(7, ge=2)
+    # The groups of components.search_features.FEATURE_GROUPS the bundle's ranker uses: content (query
+    # and catalog), judgment_priors (train judgments), log_priors (serving feedback; empty by default).
+    feature_groups: list[Literal["content", "judgment_priors", "log_priors"]] = [
+        "content",
+        "judgment_priors",
+        "log_priors",
+    ]
+    # Also train a ranker on the content group alone, reported as content_ranker beside the bundle's.
+    content_ranker: bool = True
+
+    @model_validator(mode="after")
+    def _content_first(self) -> RankerParams:
+        if "content" not in self.feature_groups or len(set(self.feature_groups)) != len(self.feature_groups):
+            raise ValueError(f"feature_groups must include content, each group once: {self.feature_groups}")
+        return self
+
+
+class FeedbackJudgmentsParams(Frozen):
+    """Implicit judgments from served traffic (pipelines/implicit_judgments.py) and the training switch.
+
+    enabled: train_ranker learns from them beside the human train judgments (evaluation stays on the
+    human test split). weight: how far a pair's grade moves from the human grade towards the implicit one,
+    times its confidence (0..1; a pair only feedback saw takes its implicit grade). The estimator: a
+    position-based click model fitted by EM (components/feedback/implicit.py).
+    """
+
+    enabled: bool = False
+    weight: float = Field(0.5, ge=0, le=1)
+    min_confidence: float = Field(0.3, ge=0, lt=1)  # implicit pairs below it are not trained on
+    prior_strength: float = Field(1.0, ge=0)  # pseudo-examinations of the prior on attractiveness (centred on 0)
+    half_confidence: float = Field(5.0, gt=0)  # expected examinations at which a pair's confidence is 1/2
+    min_impressions: int = Field(3, ge=1)  # pairs shown fewer times get no judgment
 
 
 class SearchParams(Frozen):
@@ -88,6 +130,7 @@ class SearchParams(Frozen):
     expansion_share: float = Field(0.5, ge=0, le=1)
     ann: AnnParams = AnnParams()
     ranker: RankerParams = RankerParams()
+    feedback_judgments: FeedbackJudgmentsParams = FeedbackJudgmentsParams()
     bootstrap_resamples: int = Field(1000, ge=10)
     eval_seed: int = 0  # EVALUATION.md: bootstrap seed 0
 

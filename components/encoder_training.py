@@ -12,6 +12,10 @@ Two product-tower modes:
   linear adapter (dim x dim, identity at start); only the query tower is fine-tuned. Scoring the
   whole catalog afterwards is one matrix product instead of a 5-minute encoder pass.
 - shared (GPU profile): one transformer encodes queries and product titles and is trained end to end.
+- shared over cached states (CPU profile, `cache_frozen_states`): the same shared tower with its word
+  embeddings and first `frozen_layers` layers frozen; every product text's hidden states after that
+  frozen bottom are computed once (FrozenStates), so a step runs only the top layers on products and
+  the final catalog pass too (the bottom's share of the catalog pass is paid once, not per step).
 
 Data parallel: with rank/world > 1 (torchrun), each rank takes a slice of every batch and gradients
 are averaged with all_reduce before each optimizer step, as DDP does.
@@ -106,6 +110,94 @@ def build_training_queries(
     return out
 
 
+@dataclass(frozen=True)
+class FrozenStates:
+    """Hidden states of each product text after the frozen bottom (word embeddings + `layers` layers).
+
+    states: (total_tokens, dim) float16, the texts' non-padding tokens back to back; offsets: (n + 1,)
+    int64, text i's tokens are states[offsets[i]:offsets[i + 1]]. Valid while that bottom stays frozen.
+    """
+
+    states: torch.Tensor
+    offsets: np.ndarray
+    layers: int
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+
+@torch.inference_mode()
+def frozen_states(
+    model, tokenizer, texts: Sequence[str], layers: int, max_length: int, batch_size: int, device: torch.device
+) -> FrozenStates:
+    """Run every text through the bottom `layers` transformer layers once (length-sorted batches)."""
+    from components.encoder import autocast
+
+    texts = [str(t) if t else " " for t in texts]
+    tokens = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    lengths = np.array([len(ids) for ids in tokens], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    states = torch.zeros((int(offsets[-1]), model.config.hidden_size), dtype=torch.float16)
+    order = np.argsort(lengths, kind="stable")
+    was_training = model.training
+    model.eval()
+    for start in range(0, len(texts), batch_size):
+        idx = order[start : start + batch_size]
+        batch = tokenizer(
+            [texts[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        )
+        batch = batch.to(device)
+        ext = (1.0 - batch["attention_mask"][:, None, None, :].float()) * torch.finfo(torch.float32).min
+        with autocast(device):
+            hidden = model.embeddings(input_ids=batch["input_ids"], token_type_ids=batch.get("token_type_ids"))
+            for layer in list(model.encoder.layer)[:layers]:  # only the bottom: the top runs per step
+                hidden = layer(hidden, attention_mask=ext)
+                hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+        hidden = hidden.float().cpu()
+        for r, i in enumerate(idx):
+            states[offsets[i] : offsets[i + 1]] = hidden[r, : lengths[i]].half()
+    model.train(was_training)
+    return FrozenStates(states, offsets, layers)
+
+
+def embed_from_states(model, cache: FrozenStates, idx: np.ndarray, device: torch.device) -> torch.Tensor:
+    """L2-normalised embeddings of products `idx` through the layers above the cached bottom (with grad
+    when enabled): the same vectors as the full tower, at (6 - layers) / 6 of its cost for MiniLM."""
+    from components.encoder import autocast, mean_pool
+
+    lengths = cache.offsets[idx + 1] - cache.offsets[idx]
+    width = int(lengths.max()) if len(idx) else 1
+    hidden = torch.zeros((len(idx), width, cache.states.shape[1]), dtype=torch.float32)
+    mask = torch.zeros((len(idx), width), dtype=torch.long)
+    for r, i in enumerate(idx.tolist()):
+        n = int(lengths[r])
+        hidden[r, :n] = cache.states[cache.offsets[i] : cache.offsets[i] + n].float()
+        mask[r, :n] = 1
+    hidden, mask = hidden.to(device), mask.to(device)
+    # additive attention mask (batch, 1, 1, seq): 0 on tokens, -inf-like on padding, as BERT builds it
+    ext = (1.0 - mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
+    with autocast(device):
+        for layer in list(model.encoder.layer)[cache.layers :]:
+            hidden = layer(hidden, attention_mask=ext)
+            hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+    return torch.nn.functional.normalize(mean_pool(hidden.float(), mask), dim=-1)
+
+
+@torch.inference_mode()
+def encode_from_states(model, cache: FrozenStates, batch_size: int, device: torch.device) -> np.ndarray:
+    """(n, dim) float32 unit embeddings of every cached product (the catalog pass above the bottom)."""
+    was_training = model.training
+    model.eval()
+    lengths = np.diff(cache.offsets)
+    order = np.argsort(lengths, kind="stable")
+    out = np.zeros((len(cache), model.config.hidden_size), dtype=np.float32)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        out[idx] = embed_from_states(model, cache, idx, device).cpu().numpy()
+    model.train(was_training)
+    return out
+
+
 class ProductAdapter(torch.nn.Module):
     """Linear map on frozen product embeddings, identity at start (so step 0 = zero-shot)."""
 
@@ -167,6 +259,7 @@ def finetune_encoder(
     rank: int = 0,
     world: int = 1,
     should_stop: Callable[[], bool] | None = None,
+    product_states: FrozenStates | None = None,
 ) -> tuple[object, np.ndarray | None, list[dict]]:
     """Fine-tune in place; returns (model, adapter weight (dim, dim) or None, per-step history).
 
@@ -177,6 +270,9 @@ def finetune_encoder(
     ({"step", "model", "adapter", "optimizer"}); training continues at the next step and, with the
     same seed, follows the same batches as an uninterrupted run. should_stop (a training budget) is
     polled after every step: when it says so, training ends there and the model so far is returned.
+    product_states: the products' cached states below the frozen bottom (shared mode with
+    profile.cache_frozen_states; its `layers` must equal profile.frozen_layers): products then run
+    through the top layers only.
     """
     from transformers import get_linear_schedule_with_warmup
 
@@ -184,6 +280,10 @@ def finetune_encoder(
     model.to(device).train()
     freeze_bottom(model, profile.freeze_embeddings, profile.frozen_layers)
     frozen = frozen_embeddings is not None and not profile.train_product_tower
+    if product_states is not None and (
+        frozen or not profile.freeze_embeddings or product_states.layers != profile.frozen_layers
+    ):
+        raise ValueError("cached product states need the shared tower with the same frozen bottom")
     dim = model.config.hidden_size
     adapter = ProductAdapter(dim).to(device) if frozen else None
     base = torch.from_numpy(np.ascontiguousarray(frozen_embeddings, dtype=np.float32)).to(device) if frozen else None
@@ -229,6 +329,8 @@ def finetune_encoder(
         q = embed_batch(model, tokenizer, [tq.text for tq in batch], query_max_length, device)
         if frozen:
             p = adapter(base[torch.from_numpy(cand).to(device)])
+        elif product_states is not None:
+            p = embed_from_states(model, product_states, cand, device)
         else:
             p = embed_batch(model, tokenizer, [product_texts[c] for c in cand], title_max_length, device)
         loss = soft_contrastive_loss(q, p, target, profile.temperature)

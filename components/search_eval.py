@@ -115,6 +115,24 @@ def head_or_tail(query: str, counts: Counter, min_queries: int = HEAD_MIN_QUERIE
     return "head" if toks and min(counts.get(t, 0) for t in toks) >= min_queries else "tail"
 
 
+def judged_pool(
+    gains: Mapping[str, float], train_products: set[str] | frozenset[str], scale: RelevanceScale | None = None
+) -> str:
+    """'never_judged' when none of the query's relevant products was judged for any train query, else 'judged'.
+
+    gains: the query's {product_id: gain} (judged_gains); relevant = the scale's relevant_from
+    (EVALUATION.md: relevance >= 2.5), or every positive-gain product when the query has no relevant
+    one; a query without any positive gain is 'none' (the metrics skip it). train_products: every
+    product with a train judgment, whatever its grade. The slice shows what the judgment-derived
+    features are worth where they carry nothing about the right answers.
+    """
+    at = (scale or RelevanceScale()).relevant_gain
+    good = [p for p, g in gains.items() if g >= at] or [p for p, g in gains.items() if g > 0]
+    if not good:
+        return "none"
+    return "judged" if any(p in train_products for p in good) else "never_judged"
+
+
 def slice_means(per_query: pd.DataFrame, slice_col: str, metric_cols: Sequence[str]) -> pd.DataFrame:
     """Mean of each metric column per slice value (NaNs skipped), plus the number of queries."""
     grouped = per_query.groupby(slice_col, observed=True)

@@ -39,6 +39,61 @@ FEATURE_NAMES: tuple[str, ...] = (
     "price",  # product attribute where present, else NaN
 )
 
+# Every feature belongs to one group, named after where its signal comes from (its provenance). The
+# ranker is trained on the groups search.ranker.feature_groups names; a model without
+# "judgment_priors" never reads a judgment (components.search_model.SearchModel enforces it).
+FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
+    # the query and the catalog alone: what any shop has on day one
+    "content": (
+        "bm25",
+        "bm25_rel",
+        "dense",
+        "dense_gap",
+        "query_tokens",
+        "title_tokens",
+        "overlap",
+        "all_tokens_match",
+        "last_token_match",
+        "numeric_overlap",
+        "price",
+    ),
+    # train-split relevance judgments: product priors and the judgment-expanded BM25 document. On
+    # this data they also say which products sit in the judged pools (unjudged = gain 0), so their
+    # gain is partly a property of the labels (metrics/search.json: hybrid_ranker vs content_ranker).
+    "judgment_priors": ("bm25_expanded", "bm25_expanded_rel", "prior_count", "prior_mean_gain", "prior_max_gain"),
+    # behavioural priors from serving logs (implicit judgments from feedback): declared, empty until
+    # the feedback loop fills it.
+    "log_priors": (),
+}
+FEATURE_PROVENANCE: dict[str, str] = {
+    "content": "query text, product text and catalog attributes",
+    "judgment_priors": "train-split relevance judgments (out of fold for the ranker's own rows)",
+    "log_priors": "serving feedback logs (implicit judgments)",
+}
+JUDGMENT_FEATURES: frozenset[str] = frozenset(FEATURE_GROUPS["judgment_priors"])
+
+
+def feature_names_of(groups: Sequence[str]) -> tuple[str, ...]:
+    """The features of `groups`, in FEATURE_NAMES order (the bundle's column order). Unknown groups raise."""
+    unknown = sorted(set(groups) - set(FEATURE_GROUPS))
+    if unknown:
+        raise ValueError(f"unknown feature groups {unknown}; known: {sorted(FEATURE_GROUPS)}")
+    chosen = {f for g in groups for f in FEATURE_GROUPS[g]}
+    return tuple(f for f in FEATURE_NAMES if f in chosen)
+
+
+def group_of(feature: str) -> str:
+    """The group a feature belongs to (KeyError for an unknown feature)."""
+    for group, names in FEATURE_GROUPS.items():
+        if feature in names:
+            return group
+    raise KeyError(feature)
+
+
+def feature_provenance(features: Sequence[str]) -> dict[str, dict[str, str]]:
+    """{feature: {"group", "provenance"}} for a report."""
+    return {f: {"group": group_of(f), "provenance": FEATURE_PROVENANCE[group_of(f)]} for f in features}
+
 
 @dataclass(frozen=True)
 class ProductPriors:

@@ -22,7 +22,13 @@ import numpy as np
 
 from components.ann import search_index
 from components.bm25 import BM25Index, tokenize, top_k
-from components.search_features import FEATURE_NAMES, ProductPriors, pair_features, text_token_sets
+from components.search_features import (
+    FEATURE_NAMES,
+    JUDGMENT_FEATURES,
+    ProductPriors,
+    pair_features,
+    text_token_sets,
+)
 
 MAX_QUERY_CHARS = 256
 
@@ -39,7 +45,11 @@ class SearchModel:
     encoder, tokenizer: the query tower (a transformers model with mean pooling).
     query_runtime: the same tower exported to ONNX (components.onnx_tower.OnnxQueryTower), used for
         queries when set (the CPU serving path: same vectors, a third of the latency); None: PyTorch.
-    booster: LightGBM ranker over FEATURE_NAMES; None ranks candidates by reciprocal-rank fusion.
+    booster: LightGBM ranker over `feature_names`; None ranks candidates by reciprocal-rank fusion.
+    feature_names: the ranker's columns, a subset of FEATURE_NAMES in its order (the feature groups it
+        was trained on). Without any judgment-derived feature (search_features.JUDGMENT_FEATURES) the
+        model drops its priors and uses the plain BM25 as the "expanded" one, so judgments reach
+        neither its features nor its candidates.
     """
 
     product_ids: np.ndarray
@@ -61,8 +71,17 @@ class SearchModel:
     texts: list[str] | None = None
     _token_sets: list = field(default=None, repr=False)
     _title_lengths: np.ndarray = field(default=None, repr=False)
+    _columns: np.ndarray = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        self.feature_names = tuple(self.feature_names)
+        unknown = [f for f in self.feature_names if f not in FEATURE_NAMES]
+        if unknown or list(self.feature_names) != [f for f in FEATURE_NAMES if f in self.feature_names]:
+            raise ValueError(f"feature_names must be a subset of FEATURE_NAMES in its order: {self.feature_names}")
+        self._columns = np.array([FEATURE_NAMES.index(f) for f in self.feature_names], dtype=np.int64)
+        if not JUDGMENT_FEATURES & set(self.feature_names):
+            self.priors = ProductPriors.empty(len(self.product_ids))
+            self.bm25_expanded = self.bm25
         self.titles = ["" if t is None else str(t) for t in self.titles]
         self.texts = self.titles if self.texts is None else ["" if t is None else str(t) for t in self.texts]
         self._token_sets = text_token_sets(self.texts)
@@ -96,7 +115,7 @@ class SearchModel:
         """Candidates (sorted product indices) and the query's full-catalog signals."""
         k = self.candidates_per_source
         bm = self.bm25.score(query)
-        bx = self.bm25_expanded.score(query)
+        bx = bm if self.bm25_expanded is self.bm25 else self.bm25_expanded.score(query)
         dense_scores, dense_ids = search_index(self.index, q_emb[None, :], k)
         sources = [top_k(bm, k)[: int((bm > 0).sum())], top_k(bx, k)[: int((bx > 0).sum())], dense_ids[0]]
         cand = np.unique(np.concatenate(sources)).astype(np.int64)
@@ -105,9 +124,10 @@ class SearchModel:
 
     def _features(self, query: str, q_emb: np.ndarray, cand: np.ndarray, bm, bx, best) -> np.ndarray:
         dense = self.embeddings[cand] @ q_emb
-        return pair_features(
+        x = pair_features(
             query, cand, bm, bx, dense, best, self._token_sets, self._title_lengths, self.priors, self.price
         )
+        return x if len(self._columns) == x.shape[1] else x[:, self._columns]
 
     def candidate_features(self, queries: Sequence[str], q_embs: np.ndarray | None = None):
         """Per query: (candidate indices, feature matrix (m, n_features)). Used to train the ranker."""

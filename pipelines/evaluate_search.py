@@ -6,7 +6,10 @@ Models (names as in metrics/search.json):
   zero_shot            the pretrained encoder, exact cosine search over its cached catalog embeddings
   rrf_bm25_zero_shot   reciprocal-rank fusion (k = rrf_k) of the two baselines' full rankings
   fine_tuned           the fine-tuned two-tower encoder alone, exact cosine search
-  hybrid_ranker        the bundle's SearchModel: hybrid candidates + LightGBM re-rank (primary)
+  content_ranker       the same SearchModel with the content-only ranker (train_ranker's
+                       models/search/content_ranker/): no judgment-derived feature, title/text-only BM25
+  hybrid_ranker        the bundle's SearchModel: hybrid candidates + LightGBM re-rank over its feature
+                       groups (search.ranker.feature_groups; primary)
 
 Outputs:
   metrics/search.json                 {"primary": ..., "models": {name: {ndcg_at_10, _ci, recall_at_100, ...}}}
@@ -15,7 +18,9 @@ Outputs:
   models/search/plots/*.png            plots (dvc.yaml declares them; also MLflow artifacts)
 
 Slices: query_length "1", "2", "3", "4+" words; head_tail "head" when every token of the query occurs
-in at least 20 distinct train queries, else "tail" (components.search_eval.head_or_tail).
+in at least 20 distinct train queries, else "tail" (components.search_eval.head_or_tail); judged_pool
+"never_judged" when none of the query's relevant products has a train judgment, else "judged"
+(components.search_eval.judged_pool).
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ log = logging.getLogger(__name__)
 
 STEP = "evaluate_search"
 PRIMARY = "hybrid_ranker"
+CONTENT = "content_ranker"
+SLICES = ("query_length", "head_tail", "judged_pool")
 METRICS = ("ndcg_at_10", "recall_at_100", "rerank_ndcg_at_10")
 
 
@@ -53,12 +60,18 @@ def _ranks(scores: np.ndarray, idx: np.ndarray) -> np.ndarray:
 
 
 def run(params: Params, paths: Paths) -> dict:
-    from artifacts.search_bundle import load_search_bundle
+    import dataclasses
+    import json
+
+    import lightgbm as lgb
+
+    from artifacts.search_bundle import load_search_bundle, read_manifest
     from components.encoder import encode_texts, load_encoder
     from components.search_eval import (
         full_catalog_metrics,
         head_or_tail,
         judged_gains,
+        judged_pool,
         query_length_bucket,
         random_rerank_ndcg,
         rerank_ndcg,
@@ -77,6 +90,22 @@ def run(params: Params, paths: Paths) -> dict:
     qids, texts = qframe.index.astype(str).tolist(), qframe.astype(str).tolist()
     judged_idx = [np.array([pos[p] for p in sorted(gains[q]) if p in pos], dtype=np.int64) for q in qids]
     judged_pid = [pid[j] for j in judged_idx]
+    # The content-only ranker runs on the bundle's parts; SearchModel drops the priors and the expanded
+    # BM25 for a ranker without judgment-derived features.
+    content_dir = paths.domain("search") / "content_ranker"
+    variants = {PRIMARY: model}
+    if (content_dir / "ranker.txt").exists():
+        content_meta = json.loads((content_dir / "meta.json").read_text())
+        variants = {
+            CONTENT: dataclasses.replace(
+                model,
+                booster=lgb.Booster(model_file=str(content_dir / "ranker.txt")),
+                feature_names=tuple(content_meta["feature_names"]),
+            ),
+            PRIMARY: model,
+        }
+    feature_groups = {name: _groups_of(m.feature_names) for name, m in variants.items()}
+    feature_groups[PRIMARY] = read_manifest(paths.bundle("search")).get("feature_groups", feature_groups[PRIMARY])
 
     inputs = [paths.split / "search", paths.bundle("search"), paths.embeddings]
     with mlflow_run(STEP, params, paths, inputs=inputs, sections=("search",)):
@@ -106,22 +135,25 @@ def run(params: Params, paths: Paths) -> dict:
             judged_scores["rrf_bm25_zero_shot"].append(dict(zip(judged_pid[i], rrf[j].tolist(), strict=True)))
         timings["baselines_seconds"] = time.perf_counter() - start
 
-        start = time.perf_counter()
-        ranked = model.rank_queries(texts, k=100, q_embs=ft_q)
-        rankings[PRIMARY] = [pid[idx] for idx, _ in ranked]
-        judged_scores[PRIMARY] = [
-            dict(zip(judged_pid[i], model.score_products(q, judged_idx[i], ft_q[i]).tolist(), strict=True))
-            for i, q in enumerate(texts)
-        ]
-        timings["hybrid_ranker_seconds"] = time.perf_counter() - start
+        for name, variant in variants.items():
+            start = time.perf_counter()
+            ranked = variant.rank_queries(texts, k=100, q_embs=ft_q)
+            rankings[name] = [pid[idx] for idx, _ in ranked]
+            judged_scores[name] = [
+                dict(zip(judged_pid[i], variant.score_products(q, judged_idx[i], ft_q[i]).tolist(), strict=True))
+                for i, q in enumerate(texts)
+            ]
+            timings[f"{name}_seconds"] = time.perf_counter() - start
 
         counts = token_query_counts(train[s.QUERY].astype(str).tolist())
+        train_products = set(train[s.PRODUCT_ID].astype(str))
         per_query = pd.DataFrame(
             {
                 s.QUERY_ID: qids,
                 s.QUERY: texts,
                 "query_length": [query_length_bucket(q) for q in texts],
                 "head_tail": [head_or_tail(q, counts) for q in texts],
+                "judged_pool": [judged_pool(gains.get(q, {}), train_products, scale) for q in qids],
             }
         )
         summary: dict[str, dict] = {}
@@ -134,7 +166,7 @@ def run(params: Params, paths: Paths) -> dict:
             "recall_at_100_ci": None,
             **summarize_metrics({"rerank_ndcg_at_10": rnd}, sp.bootstrap_resamples, sp.eval_seed),
         }
-        for name in ("bm25", "zero_shot", "rrf_bm25_zero_shot", "fine_tuned", PRIMARY):
+        for name in ("bm25", "zero_shot", "rrf_bm25_zero_shot", "fine_tuned", *variants):
             full = full_catalog_metrics(qids, rankings[name], gains, scale)
             rr = rerank_ndcg(qids, judged_scores[name], gains)
             per_query[s.unit_column(name, "ndcg_at_10")] = full["ndcg_at_10"].to_numpy()
@@ -145,11 +177,14 @@ def run(params: Params, paths: Paths) -> dict:
                 sp.bootstrap_resamples,
                 sp.eval_seed,
             )
-        slices = {col: _slice_table(per_query, col, list(summary)) for col in ("query_length", "head_tail")}
+        slices = {col: _slice_table(per_query, col, list(summary)) for col in SLICES}
         report = {
             "primary": PRIMARY,
+            # shown next to the primary in the gate report: what the ranker scores without judgments
+            "reported_alongside": [n for n in variants if n != PRIMARY],
             "test_queries": len(qids),
             "models": summary,
+            "feature_groups": feature_groups,
             "targets": {"ndcg_at_10": 0.43, "recall_at_100": 0.85},
             "timings_seconds": {k: round(v, 1) for k, v in timings.items()},
         }
@@ -180,6 +215,12 @@ def run(params: Params, paths: Paths) -> dict:
                 m["rerank_ndcg_at_10_ci"],
             )
     return report
+
+
+def _groups_of(feature_names) -> list[str]:
+    from components.search_features import group_of
+
+    return sorted({group_of(f) for f in feature_names})
 
 
 def _slice_table(per_query: pd.DataFrame, col: str, models: list[str]) -> dict:
@@ -221,7 +262,7 @@ def _plot_slices(slices: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(14, 4))
+    fig, axes = plt.subplots(1, len(slices), figsize=(7 * len(slices), 4))
     for ax, (col, table) in zip(axes, slices.items(), strict=True):
         values = list(table)
         models = sorted({m for row in table.values() for m in s.models_with(row, "ndcg_at_10")})

@@ -84,6 +84,26 @@ def measure_bundle(domain: str, folder: Path, requests: list[Any], k: int) -> di
     return {**g.guardrail_measures(latencies, lists, catalog_ids(domain, model), k), "size_mb": size_mb, "threads": 1}
 
 
+def alongside(metrics: dict[str, Any], metric: str) -> list[dict[str, Any]]:
+    """The primary model's test number and those of the models its metrics json reports alongside it
+    ("reported_alongside"; search: the content-only ranker), each with its interval and feature groups,
+    for the report. Shown, not gated: the decision is on the primary."""
+    models = metrics.get("models") or {}
+    groups = metrics.get("feature_groups") or {}
+    names = [metrics.get("primary"), *(metrics.get("reported_alongside") or [])]
+    return [
+        {
+            "model": n,
+            "role": "primary" if i == 0 else "alongside",
+            "value": models[n].get(metric),
+            "ci": models[n].get(f"{metric}_ci"),
+            "feature_groups": groups.get(n),
+        }
+        for i, n in enumerate(names)
+        if n in models
+    ]
+
+
 def write_report(paths: Paths, domain: str, report: dict[str, Any]) -> None:
     write_json(paths.gate_report(domain), report)
     paths.gate_report(domain, "html").write_text(render("gate.html", report=report))
@@ -130,6 +150,7 @@ def run(charter: Charter, paths: Paths, seed: int = 0) -> dict[str, Any]:
         **decision.to_dict(),
         "charter": charter.name,
         "measured": measured,
+        "alongside": alongside(metrics, metric),
         "context": {
             "registered_model": name,
             "challenger_version": challenger_version,

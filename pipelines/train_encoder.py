@@ -89,7 +89,9 @@ def run(params: Params, paths: Paths, progress: bool = True) -> dict:
     from components.encoder_training import (
         apply_adapter,
         build_training_queries,
+        encode_from_states,
         finetune_encoder,
+        frozen_states,
         in_ranker_fold,
     )
 
@@ -150,6 +152,14 @@ def run(params: Params, paths: Paths, progress: bool = True) -> dict:
         if resume:
             log.info("resuming from checkpoint at step %d", resume["step"])
         start = time.perf_counter()
+        states = None
+        if tp.cache_frozen_states:
+            # The catalog below the frozen bottom, once: part of the catalog pass, counted in embed_seconds.
+            states = frozen_states(
+                model, tokenizer, texts, tp.frozen_layers, sp.text_max_length, tp.encode_batch_size, device
+            )
+        cache_seconds = time.perf_counter() - start
+        start = time.perf_counter()
         model, adapter, history = finetune_encoder(
             model,
             tokenizer,
@@ -167,6 +177,7 @@ def run(params: Params, paths: Paths, progress: bool = True) -> dict:
             rank=rank,
             world=world,
             should_stop=deadline.expired,
+            product_states=states,
         )
         train_seconds = time.perf_counter() - start
         if world > 1:
@@ -178,9 +189,11 @@ def run(params: Params, paths: Paths, progress: bool = True) -> dict:
         start = time.perf_counter()
         if adapter is not None:
             product_emb = apply_adapter(frozen, adapter)
+        elif states is not None:
+            product_emb = encode_from_states(model, states, tp.encode_batch_size, device)
         else:
             product_emb = encode_texts(model, tokenizer, texts, tp.encode_batch_size, sp.text_max_length, device)
-        embed_seconds = time.perf_counter() - start
+        embed_seconds = time.perf_counter() - start + cache_seconds
         meta = {
             "encoder": sp.encoder,
             "profile": sp.profile,
@@ -190,7 +203,10 @@ def run(params: Params, paths: Paths, progress: bool = True) -> dict:
             "steps": len(history) + (resume["step"] if resume else 0),
             "train_seconds": round(train_seconds, 1),
             "embed_seconds": round(embed_seconds, 1),
-            "product_tower": "trained" if adapter is None else "frozen+adapter",
+            "product_tower": "frozen+adapter"
+            if adapter is not None
+            else (f"trained above {tp.frozen_layers} cached layers" if states is not None else "trained"),
+            "cache_seconds": round(cache_seconds, 1),
             "query_max_length": sp.query_max_length,
             "text_max_length": sp.text_max_length,
             "final_loss": float(np.mean([h["loss"] for h in history[-20:]])) if history else None,

@@ -83,7 +83,7 @@ def test_index_is_hnsw_above_threshold_with_measured_recall(trained) -> None:
 def test_metrics_file_has_every_model_with_intervals(trained) -> None:
     report = json.loads((trained["paths"].metrics / "search.json").read_text())
     assert report["primary"] == "hybrid_ranker"
-    assert {"random", "bm25", "zero_shot", "fine_tuned", "hybrid_ranker"} <= set(report["models"])
+    assert {"random", "bm25", "zero_shot", "fine_tuned", "content_ranker", "hybrid_ranker"} <= set(report["models"])
     for name, m in report["models"].items():
         lo, hi = m["rerank_ndcg_at_10_ci"]
         assert lo <= m["rerank_ndcg_at_10"] <= hi, name
@@ -97,10 +97,51 @@ def test_metrics_file_has_every_model_with_intervals(trained) -> None:
         "query",
         "query_length",
         "head_tail",
+        "judged_pool",
         "bm25__ndcg_at_10",
         "hybrid_ranker__recall_at_100",
     } <= set(per_query)
     assert (trained["paths"].models / "search" / "plots" / "metrics_by_model.png").stat().st_size > 1000
+
+
+def test_content_ranker_side_by_side_with_groups_slice_and_gate_row(trained) -> None:
+    from components.search_features import JUDGMENT_FEATURES
+    from pipelines.gate import alongside
+
+    paths = trained["paths"]
+    report = json.loads((paths.metrics / "search.json").read_text())
+    assert report["reported_alongside"] == ["content_ranker"]
+    assert report["feature_groups"]["content_ranker"] == ["content"]
+    assert {"content", "judgment_priors"} <= set(report["feature_groups"]["hybrid_ranker"])
+    content = json.loads((paths.models / "search" / "content_ranker" / "meta.json").read_text())
+    assert content["enabled"] and not JUDGMENT_FEATURES & set(content["feature_names"])
+    assert {f["group"] for f in content["features"].values()} == {"content"}
+    meta = trained["ranker"]
+    assert meta["features"]["prior_count"]["group"] == "judgment_priors"
+    assert meta["content_ranker"]["feature_groups"] == ["content"]
+    per_query = pd.read_parquet(paths.models / "search" / "eval" / "per_query.parquet")
+    assert set(per_query["judged_pool"]) <= {"judged", "never_judged", "none"}
+    assert "content_ranker__ndcg_at_10" in per_query
+    slices = json.loads((paths.models / "search" / "eval" / "slices.json").read_text())
+    assert sum(row["queries"] for row in slices["judged_pool"].values()) == len(per_query)
+    rows = alongside(report, "ndcg_at_10")
+    assert [(r["model"], r["role"]) for r in rows] == [("hybrid_ranker", "primary"), ("content_ranker", "alongside")]
+    assert rows[1]["value"] == report["models"]["content_ranker"]["ndcg_at_10"]
+    from artifacts.reports import render
+
+    html = render(
+        "gate.html",
+        report={
+            "charter": "c",
+            "domain": "search",
+            "passed": True,
+            "reason": "r",
+            "context": {},
+            "checks": [],
+            "alongside": rows,
+        },
+    )
+    assert "<td>content_ranker</td><td>alongside</td>" in html
 
 
 def test_bundle_loads_and_answers_with_explanations(trained) -> None:

@@ -15,7 +15,10 @@ from components.config_search import TrainingProfile
 from components.encoder_training import (
     apply_adapter,
     build_training_queries,
+    embed_from_states,
+    encode_from_states,
     finetune_encoder,
+    frozen_states,
     in_ranker_fold,
     soft_contrastive_loss,
 )
@@ -176,3 +179,73 @@ def test_training_budget_ends_fine_tuning_at_the_step_that_reaches_it() -> None:
         should_stop=budget_after_two_steps,
     )
     assert [h["step"] for h in history] == [1, 2]
+
+
+def test_cached_bottom_states_give_the_full_towers_vectors() -> None:
+    """Products through the top layers over cached bottom states = the whole tower (fp16 cache error only)."""
+    from components.encoder import encode_texts, load_encoder
+
+    model, tok = load_encoder(device=torch.device("cpu"))
+    texts = [*TITLES, "", "x " * 40]  # an empty text and one cut at max_length
+    full = encode_texts(model, tok, texts, batch_size=3, max_length=8)
+    for layers in (0, 4):
+        cache = frozen_states(model, tok, texts, layers, 8, 3, torch.device("cpu"))
+        assert len(cache) == len(texts) and cache.states.dtype == torch.float16
+        np.testing.assert_allclose(encode_from_states(model, cache, 2, torch.device("cpu")), full, atol=1e-3)
+        some = np.array([5, 0, 2])
+        np.testing.assert_allclose(
+            embed_from_states(model, cache, some, torch.device("cpu")).detach(), full[some], atol=1e-3
+        )
+
+
+def test_training_over_cached_states_moves_only_the_top_layers() -> None:
+    from components.encoder import load_encoder
+
+    cfg = TrainingProfile(
+        epochs=1,
+        batch_size=2,
+        learning_rate=1e-3,
+        warmup_fraction=0.0,
+        random_negatives=2,
+        train_product_tower=True,
+        freeze_embeddings=True,
+        frozen_layers=4,
+        cache_frozen_states=True,
+        max_steps=1,
+    )
+    model, tok = load_encoder(device=torch.device("cpu"))
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    cache = frozen_states(model, tok, TITLES, 4, 8, 4, torch.device("cpu"))
+    _, adapter, history = finetune_encoder(
+        model,
+        tok,
+        _tiny_training_queries(),
+        TITLES,
+        None,
+        cfg,
+        torch.device("cpu"),
+        0,
+        **LENGTHS,
+        progress=False,
+        product_states=cache,
+    )
+    assert adapter is None and len(history) == 1
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, init[k])}
+    assert changed and all(k.startswith(("encoder.layer.4.", "encoder.layer.5.", "pooler.")) for k in changed)
+    wrong = cfg.model_copy(update={"frozen_layers": 3})
+    with pytest.raises(ValueError, match="same frozen bottom"):
+        finetune_encoder(
+            model,
+            tok,
+            _tiny_training_queries(),
+            TITLES,
+            None,
+            wrong,
+            torch.device("cpu"),
+            0,
+            **LENGTHS,
+            progress=False,
+            product_states=cache,
+        )
+    with pytest.raises(ValueError, match="cache_frozen_states needs"):
+        TrainingProfile(train_product_tower=False, freeze_embeddings=True, cache_frozen_states=True)

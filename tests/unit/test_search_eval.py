@@ -14,6 +14,7 @@ from components.search_eval import (
     full_catalog_metrics,
     head_or_tail,
     judged_gains,
+    judged_pool,
     query_length_bucket,
     random_rerank_ndcg,
     rerank_ndcg,
@@ -102,3 +103,32 @@ def test_slices() -> None:
     assert head_or_tail("drill bit", counts) == "head"
     assert head_or_tail("drill xz900", counts) == "tail"
     assert head_or_tail("!!!", Counter()) == "tail"
+
+
+def test_never_judged_slice_on_hand_built_judgments() -> None:
+    """judged_pool: relevant (>= 2.5) products judged for no train query -> never_judged."""
+    train = pd.DataFrame(
+        {
+            s.QUERY_ID: ["t1", "t1", "t2"],
+            s.QUERY: ["drill", "drill", "hose"],
+            s.PRODUCT_ID: ["p1", "p2", "p3"],
+            s.RELEVANCE: [3.0, 1.0, 1.67],
+        }
+    )
+    test = pd.DataFrame(
+        {
+            s.QUERY_ID: ["a", "a", "b", "b", "c", "c", "d", "e"],
+            s.QUERY: ["x"] * 8,
+            # a: its relevant p9 unjudged in train (p1 graded 2.0 < 2.5 does not count) -> never_judged
+            # b: relevant p2 was judged in train, even at the lowest grade -> judged
+            # c: no relevant product; its positive-gain p3 was judged in train -> judged
+            # d: no positive gain at all -> none;  e: positive-gain p8 only, unjudged -> never_judged
+            s.PRODUCT_ID: ["p1", "p9", "p2", "p7", "p3", "p6", "p5", "p8"],
+            s.RELEVANCE: [2.0, 3.0, 2.67, 3.0, 2.0, 1.0, 1.0, 1.33],
+        }
+    )
+    train_products = set(train[s.PRODUCT_ID])
+    gains = judged_gains(test)
+    pools = {q: judged_pool(gains[q], train_products) for q in sorted(gains)}
+    assert pools == {"a": "never_judged", "b": "judged", "c": "judged", "d": "none", "e": "never_judged"}
+    assert judged_pool(gains["b"], set()) == "never_judged"  # no train judgments: every query is never judged

@@ -9,9 +9,14 @@ import pytest
 from components import schema as s
 from components.bm25 import fit_bm25
 from components.search_features import (
+    FEATURE_GROUPS,
     FEATURE_NAMES,
+    FEATURE_PROVENANCE,
+    JUDGMENT_FEATURES,
     ProductPriors,
     expanded_texts,
+    feature_names_of,
+    feature_provenance,
     gains_to_labels,
     linear_label_gain,
     pair_features,
@@ -136,3 +141,30 @@ def test_priors_use_the_scales_gain(catalog, judgments) -> None:
     zero_based = judgments.assign(**{s.RELEVANCE: judgments[s.RELEVANCE] - 1})
     pr = product_priors(zero_based, catalog[s.PRODUCT_ID].tolist(), RelevanceScale(min=0, max=2, relevant_from=1.5))
     np.testing.assert_allclose(pr.mean_gain[:3], [2.0, 0.0, 1.5])
+
+
+def test_feature_groups_partition_the_features() -> None:
+    """Every feature is in exactly one group, every group has a provenance, log_priors is empty by default."""
+    listed = [f for names in FEATURE_GROUPS.values() for f in names]
+    assert sorted(listed) == sorted(FEATURE_NAMES) and len(listed) == len(set(listed))
+    assert set(FEATURE_PROVENANCE) == set(FEATURE_GROUPS)
+    assert FEATURE_GROUPS["log_priors"] == ()
+    assert JUDGMENT_FEATURES == {
+        "bm25_expanded",
+        "bm25_expanded_rel",
+        "prior_count",
+        "prior_mean_gain",
+        "prior_max_gain",
+    }
+
+
+def test_feature_names_of_groups_keeps_column_order_and_rejects_unknown_groups() -> None:
+    content = feature_names_of(["content"])
+    assert not JUDGMENT_FEATURES & set(content)
+    assert list(content) == [f for f in FEATURE_NAMES if f in content]
+    assert feature_names_of(["judgment_priors", "content", "log_priors"]) == FEATURE_NAMES
+    assert feature_names_of(["content", "log_priors"]) == content
+    with pytest.raises(ValueError, match="unknown feature groups"):
+        feature_names_of(["content", "clicks"])
+    prov = feature_provenance(["bm25", "prior_count"])
+    assert prov["bm25"]["group"] == "content" and prov["prior_count"]["group"] == "judgment_priors"

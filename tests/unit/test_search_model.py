@@ -122,3 +122,62 @@ def test_without_ranker_candidates_are_ordered_by_rrf(model) -> None:
     plain = replace(model, booster=None)
     results = plain.search("garden hose", k=2)
     assert results[0]["product_id"] == "p2"
+
+
+def _model_with(encoder, judged: pd.DataFrame, feature_names) -> SearchModel:
+    from components.encoder import encode_texts
+    from components.search_features import expanded_texts
+
+    enc, tok = encoder
+    ids = [f"p{i}" for i in range(len(TITLES))]
+    emb = encode_texts(enc, tok, TITLES, max_length=32)
+    return SearchModel(
+        product_ids=np.array(ids),
+        titles=TITLES,
+        embeddings=emb,
+        index=build_index(emb),
+        encoder=enc,
+        tokenizer=tok,
+        bm25=fit_bm25(TITLES),
+        bm25_expanded=fit_bm25(expanded_texts(TITLES, ids, judged, 2.0)),
+        priors=product_priors(judged, ids),
+        candidates_per_source=2,
+        feature_names=feature_names,
+    )
+
+
+def test_content_only_model_cannot_see_judgments(encoder) -> None:
+    """Without a judgment-derived feature, neither the features nor the candidates depend on judgments."""
+    from components.search_features import JUDGMENT_FEATURES, feature_names_of
+
+    content = feature_names_of(["content"])
+    # "power tool" reaches the hose only through the judgment-expanded text
+    judged = pd.DataFrame(
+        {s.QUERY_ID: ["q", "q"], s.QUERY: ["power tool"] * 2, s.PRODUCT_ID: ["p2", "p0"], s.RELEVANCE: [3.0, 2.5]}
+    )
+    none = judged.iloc[:0]
+    queries = ["power tool", "drill", "garden hose"]
+    hybrid = _model_with(encoder, judged, FEATURE_NAMES).candidate_features(queries)
+    hybrid_blind = _model_with(encoder, none, FEATURE_NAMES).candidate_features(queries)
+    assert any(  # the judgments do change the full model (so the check below can fail)
+        not np.array_equal(a[0], b[0]) or not np.allclose(a[1], b[1], equal_nan=True)
+        for a, b in zip(hybrid, hybrid_blind, strict=True)
+    )
+    seeing = _model_with(encoder, judged, content)
+    blind = _model_with(encoder, none, content)
+    assert seeing.priors.count.sum() == 0 and seeing.bm25_expanded is seeing.bm25
+    for (cand_a, x_a), (cand_b, x_b) in zip(
+        seeing.candidate_features(queries), blind.candidate_features(queries), strict=True
+    ):
+        np.testing.assert_array_equal(cand_a, cand_b)
+        np.testing.assert_array_equal(x_a, x_b)
+        assert x_a.shape[1] == len(content)
+    assert not JUDGMENT_FEATURES & set(seeing.feature_names)
+
+
+def test_feature_names_must_be_known_and_in_column_order(encoder) -> None:
+    none = pd.DataFrame({s.QUERY_ID: [], s.QUERY: [], s.PRODUCT_ID: [], s.RELEVANCE: []})
+    with pytest.raises(ValueError, match="subset of FEATURE_NAMES"):
+        _model_with(encoder, none, ("dense", "bm25"))
+    with pytest.raises(ValueError, match="subset of FEATURE_NAMES"):
+        _model_with(encoder, none, ("bm25", "clicks"))
