@@ -43,7 +43,7 @@ from services import launch
 from tests.dags._lifecycle_slice import write_slice
 from tests.dags.test_incubation_e2e import TINY
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 REPO = Path(__file__).resolve().parents[2]
 CHARTER = "semantic_search"
