@@ -205,6 +205,36 @@ class RolloutStore:
             changed = change(current)
             return current if changed is None else self._save_locked(*changed, current.version)
 
+    def settle(self, state: ro.RolloutState, registry: Any, actor: str) -> ro.RolloutState:
+        """Apply the state's pending registry intent (idempotent), then clear it with a `registry` audit line.
+
+        registry: an artifacts.registry.Registry of this domain's model (its `apply(intent)`). Returns the state
+        as it is after; the rollout driver and the console's operator actions both settle through here.
+        """
+        pending = state.pending
+        if not pending:
+            return state
+        registry.apply(pending)
+
+        def clear(cur: ro.RolloutState):
+            if cur.pending != pending:  # settled meanwhile by another process
+                return None
+            new = ro.RolloutState.from_dict({**cur.to_dict(), "pending": None})
+            entry = ro.AuditEntry(
+                when=time.time(),
+                actor=actor,
+                action="registry",
+                from_phase=cur.phase,
+                to_phase=cur.phase,
+                from_version=(pending.get("previous") or pending.get("rejected") or {}).get("version"),
+                to_version=(pending.get("champion") or {}).get("version"),
+                reason=f"registry {pending['action']} applied: {pending.get('reason', '')}"[:500],
+                details={"intent": pending},
+            )
+            return new, entry
+
+        return self.transact(clear)
+
     def _stale(self, current: ro.RolloutState, expected: int) -> str:
         return (
             f"the {self.domain} rollout moved on to version {current.version} ({current.phase}: {current.reason!r}) "

@@ -162,29 +162,9 @@ def evaluate(charter: Charter, state: ro.RolloutState, stats: PhaseStats, rp: Ro
 # --- transitions with their side effects ---------------------------------------------------------------
 def settle(paths: Paths, charter: Charter, state: ro.RolloutState, actor: str) -> ro.RolloutState:
     """Apply the state's pending registry intent (idempotent), then clear it; the state as it is after."""
-    pending = state.pending
-    if not pending:
+    if not state.pending:
         return state
-    Registry(charter.registered_model, paths).apply(pending)
-
-    def clear(cur: ro.RolloutState):
-        if cur.pending != pending:  # settled meanwhile by another process
-            return None
-        new = ro.RolloutState.from_dict({**cur.to_dict(), "pending": None})
-        entry = ro.AuditEntry(
-            when=time.time(),
-            actor=actor,
-            action="registry",
-            from_phase=cur.phase,
-            to_phase=cur.phase,
-            from_version=(pending.get("previous") or pending.get("rejected") or {}).get("version"),
-            to_version=(pending.get("champion") or {}).get("version"),
-            reason=f"registry {pending['action']} applied: {pending.get('reason', '')}"[:500],
-            details={"intent": pending},
-        )
-        return new, entry
-
-    return RolloutStore(paths, charter.domain).transact(clear)
+    return RolloutStore(paths, charter.domain).settle(state, Registry(charter.registered_model, paths), actor)
 
 
 def reconcile(paths: Paths, charter: Charter, actor: str) -> ro.RolloutState:

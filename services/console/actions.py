@@ -4,14 +4,13 @@ Each action acts on the *current* state under the store's lock (RolloutStore.tra
 over a running rollout driver exactly as `python -m pipelines.rollout pause|resume|promote|rollback`
 does; the audit trail records `console:<operator>` and the reason. promote / rollback carry their
 registry intent in the same state write, the registry moves (Registry.apply, idempotent), then the
-intent is cleared with a `registry` audit line: the sequence of pipelines/rollout.py's settle(),
-which services/ may not import. A crash in between leaves the intent for the next `reconcile`.
+intent is cleared with a `registry` audit line: RolloutStore.settle, the same call pipelines/rollout.py's
+settle() makes. A crash in between leaves the intent for the next `reconcile`.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from artifacts.paths import Paths
 from artifacts.registry import MODEL_NAMES, Registry
@@ -49,24 +48,4 @@ def act(paths: Paths, domain: str, action: str, operator: str, reason: str) -> r
 
 
 def _settle(paths: Paths, store: RolloutStore, state: ro.RolloutState, actor: str) -> ro.RolloutState:
-    pending: dict[str, Any] = state.pending
-    Registry(MODEL_NAMES[state.domain], paths).apply(pending)
-
-    def clear(cur: ro.RolloutState):
-        if cur.pending != pending:  # settled meanwhile by another process
-            return None
-        new = ro.RolloutState.from_dict({**cur.to_dict(), "pending": None})
-        entry = ro.AuditEntry(
-            when=time.time(),
-            actor=actor,
-            action="registry",
-            from_phase=cur.phase,
-            to_phase=cur.phase,
-            from_version=(pending.get("previous") or pending.get("rejected") or {}).get("version"),
-            to_version=(pending.get("champion") or {}).get("version"),
-            reason=f"registry {pending['action']} applied: {pending.get('reason', '')}"[:500],
-            details={"intent": pending},
-        )
-        return new, entry
-
-    return store.transact(clear)
+    return store.settle(state, Registry(MODEL_NAMES[state.domain], paths), actor)
