@@ -77,6 +77,19 @@ def workspace_root(overrides: dict[str, Any] | None = None, base: Paths | None =
     return base.root / "workspaces" / workspace_key(overrides)
 
 
+def _changed(root: Path, stage: str, ran: list[str] | None) -> bool:
+    """Whether a `dvc repro <stage>` that ran `ran` did work because something changed.
+
+    An always_changed stage (implicit_judgments: it reads a log DVC cannot hash) runs on every repro and
+    writes byte-identical outputs when nothing new arrived; that alone is not a change unless it is the
+    stage asked for. A stage downstream of it that reran is.
+    """
+    path = Path(root) / "dvc.yaml"
+    stages = (yaml.safe_load(path.read_text()) or {}).get("stages", {}) if path.exists() else {}
+    always = {name for name, spec in stages.items() if (spec or {}).get("always_changed")}
+    return any(name == stage or name not in always for name in ran or [])
+
+
 def stage_names(root: Path = REPO_ROOT) -> list[str]:
     """The stages of <root>/dvc.yaml, in file order."""
     path = Path(root) / "dvc.yaml"
@@ -150,15 +163,15 @@ def _dvc_executable() -> str:
     return str(beside) if beside.exists() else "dvc"
 
 
-def _dvc(args: list[str], cwd: Path, env: dict[str, str]) -> bool:
+def _dvc(args: list[str], cwd: Path, env: dict[str, str]) -> list[str]:
     """Run dvc, streaming its output to the log; raise StageError with the output's tail on failure.
 
-    Returns whether DVC ran any stage's command (False: everything was cached or unchanged).
+    Returns the stages whose command DVC ran, in order (empty: everything was cached or unchanged).
     """
     cmd = [_dvc_executable(), *args]
     log.info("$ %s   (in %s)", " ".join(cmd), cwd)
     tail: deque[str] = deque(maxlen=40)
-    ran = False
+    ran: list[str] = []
     with subprocess.Popen(
         cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
     ) as proc:
@@ -166,7 +179,8 @@ def _dvc(args: list[str], cwd: Path, env: dict[str, str]) -> bool:
         for line in proc.stdout:
             line = line.rstrip("\n")
             tail.append(line)
-            ran = ran or line.startswith("Running stage")
+            if line.startswith("Running stage '"):
+                ran.append(line.removeprefix("Running stage '").split("'", 1)[0])
             log.info("%s", line)
         rc = proc.wait()
     if rc != 0:
@@ -277,7 +291,8 @@ def run_stage(
 ) -> dict[str, Any]:
     """`dvc repro <stage>` in the run's workspace (upstream stages too, when changed).
 
-    Returns {"stage", "workspace", "ran": bool} — ran is False when DVC found everything cached.
+    Returns {"stage", "workspace", "ran": bool} — ran is False when DVC found everything cached (an
+    always_changed upstream stage that reran without changing anything does not count: _changed).
     """
     base = base or Paths()
     sweep_outputs(base, keep_workspaces=(workspace_key(overrides), "_tasks"))
@@ -286,14 +301,14 @@ def run_stage(
             raise StageError(f"stage {stage!r} is not in {REPO_ROOT / 'dvc.yaml'}")
         workspace_root(overrides, base).mkdir(parents=True, exist_ok=True)  # the run's view: metrics/ (report)
         with task_workspace(overrides, base, pull=[stage]) as root:
-            ran = _dvc(["repro", stage], cwd=root, env=stage_env(root, base, budget_env))
+            ran = _changed(root, stage, _dvc(["repro", stage], cwd=root, env=stage_env(root, base, budget_env)))
             _publish(root, overrides, base)
         return {"stage": stage, "workspace": str(workspace_root(overrides, base)), "ran": ran}
     root = prepare_workspace(overrides, base)
     known = stage_names(root)
     if stage not in known:
         raise StageError(f"stage {stage!r} is not in {root / 'dvc.yaml'} (stages: {', '.join(known) or 'none'})")
-    ran = _dvc(["repro", stage], cwd=root, env=stage_env(root, base, budget_env))
+    ran = _changed(root, stage, _dvc(["repro", stage], cwd=root, env=stage_env(root, base, budget_env)))
     return {"stage": stage, "workspace": str(root), "ran": ran}
 
 

@@ -190,3 +190,15 @@ def test_a_data_path_outside_the_configured_roots_is_refused_before_dvc_runs(cha
             {"data.recommend.source": "canonical", "data.recommend.path": str(tmp_path / "elsewhere")},
             paths,
         )
+
+
+def test_an_always_changed_upstream_stage_alone_is_not_a_change(tmp_path: Path) -> None:
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  split: {cmd: a}\n  implicit_judgments: {cmd: b, always_changed: true}\n  train_ranker: {cmd: c}\n"
+    )
+    assert dvc_stage._changed(tmp_path, "train_ranker", []) is False
+    assert dvc_stage._changed(tmp_path, "train_ranker", ["implicit_judgments"]) is False
+    assert dvc_stage._changed(tmp_path, "train_ranker", ["implicit_judgments", "train_ranker"]) is True
+    assert dvc_stage._changed(tmp_path, "train_ranker", ["split"]) is True
+    # asked for itself, the always_changed stage's own run is the work that was asked for
+    assert dvc_stage._changed(tmp_path, "implicit_judgments", ["implicit_judgments"]) is True

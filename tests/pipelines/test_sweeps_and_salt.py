@@ -117,7 +117,7 @@ def test_a_dvc_stage_run_sweeps_other_workspaces_and_marks_its_own_used(paths: P
     overrides = {"search.ranker.n_estimators": 5}
     mine = _workspace(paths.workspaces, dvc_stage.workspace_key(overrides), 60 * DAY)
     other = _workspace(paths.workspaces, "o-aaaaaaaaaaaa", 60 * DAY)
-    monkeypatch.setattr(dvc_stage, "_dvc", lambda args, cwd, env: False)  # no DVC run: only the preparation
+    monkeypatch.setattr(dvc_stage, "_dvc", lambda args, cwd, env: [])  # no DVC run: only the preparation
     dvc_stage.run_stage("split", overrides, base=paths)
     assert not other.exists() and mine.exists()
     assert time.time() - mine.stat().st_mtime < 60  # "last used" is now
