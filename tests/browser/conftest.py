@@ -42,6 +42,10 @@ def page(browser):
 def stand_in_service(tmp_path_factory):
     """The real Hatchery app (console, Swagger page, endpoints) on a free loopback port, stand-in models.
 
+    Module-scoped: it sets HATCHERY_HOME, MLflow's URI and the salt, and swaps runtime.load_bundle for the
+    stand-in loader; a session-scoped one kept those for every later test of the session (the service,
+    BYOD and config tests then ran against the stand-ins' home).
+
     Both domains in canary step 0 (champion <d>1, challenger <d>2, 10 % A/B), with one evaluation
     each, so the rollout page has every part to show. Yields {"url", "paths", "root"}.
     """
