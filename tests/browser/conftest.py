@@ -38,7 +38,7 @@ def page(browser):
     context.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def stand_in_service(tmp_path_factory):
     """The real Hatchery app (console, Swagger page, endpoints) on a free loopback port, stand-in models.
 

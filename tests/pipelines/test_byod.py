@@ -154,7 +154,9 @@ def test_a_served_answer_finds_a_product_by_its_description_and_recommends_for_a
     os.environ.update(env)
     try:
         from services.service import Hatchery
+        from tests.services._stand_ins import forget_bentoml_metrics
 
+        forget_bentoml_metrics()  # an earlier in-process app (the browser tests') registered BentoML's metric names
         catalog = pd.read_parquet(paths.validated / "search" / "catalog.parquet")
         target = catalog.iloc[42]
         colour, material = target[s.DESCRIPTION].split()[1:3]  # "A <colour> <material> <type>, ..."
