@@ -149,19 +149,29 @@ class SearchModel:
         lookup = dict(zip(ids.tolist(), fused.tolist(), strict=True))
         return np.array([lookup.get(c, 0.0) for c in cand.tolist()])
 
-    def rank_queries(self, queries: Sequence[str], k: int = 100, q_embs: np.ndarray | None = None):
-        """Per query: (product indices best first, scores), at most k of them (fewer if the catalog is smaller)."""
+    ranks_with_features = True  # rank_queries(..., with_features=True): the serving capture asks for it
+
+    def rank_queries(
+        self, queries: Sequence[str], k: int = 100, q_embs: np.ndarray | None = None, with_features: bool = False
+    ):
+        """Per query: (product indices best first, scores), at most k of them (fewer if the catalog is smaller).
+
+        with_features: (indices, scores, feature rows (k, n_features)) instead, the rows the ranker scored
+        (the serving capture logs them with the impression).
+        """
         queries = [self.clean_query(q) for q in queries]
         q_embs = self.encode_queries(queries) if q_embs is None else q_embs
         out = []
         for q, e in zip(queries, q_embs, strict=True):
             if not q:
-                out.append((np.zeros(0, np.int64), np.zeros(0)))
+                empty = (np.zeros(0, np.int64), np.zeros(0))
+                out.append((*empty, np.zeros((0, len(self.feature_names)), np.float32)) if with_features else empty)
                 continue
             cand, bm, bx, best, sources = self._retrieve(q, e)
-            scores = self._score(self._features(q, e, cand, bm, bx, best), cand, sources)
+            x = self._features(q, e, cand, bm, bx, best)
+            scores = self._score(x, cand, sources)
             order = np.lexsort((cand, -scores))[:k]  # ties by catalog position, deterministic
-            out.append((cand[order], scores[order]))
+            out.append((cand[order], scores[order], x[order]) if with_features else (cand[order], scores[order]))
         return out
 
     def score_products(self, query: str, product_idx: np.ndarray, q_emb: np.ndarray | None = None) -> np.ndarray:

@@ -95,15 +95,16 @@ def search_results(
 
     rank_queries is the batch path the offline evaluation scores with; the results are built exactly
     as SearchModel.search builds them. features: each result also carries the ranker's feature values
-    under capture.FEATURES_KEY, (names, values), for the impression log (taken out before answering).
+    (rank_queries' with_features, the same call) under capture.FEATURES_KEY, (names, values), for the
+    impression log (taken out before answering).
     """
     q = model.clean_query(query)
     if explain or cache is None or not q:
         return model.search(query, k=k, explain=explain)
     emb = cache.get_or_compute(q, lambda: model.encode_queries([q])[0])
     rows = None
-    if features and all(hasattr(model, a) for a in ("_retrieve", "_features", "_score", "feature_names")):
-        idx, scores, rows = rank_with_features(model, q, emb, k)
+    if features and getattr(model, "ranks_with_features", False):
+        idx, scores, rows = model.rank_queries([q], k=k, q_embs=emb[None, :], with_features=True)[0]
     else:
         idx, scores = model.rank_queries([q], k=k, q_embs=emb[None, :])[0]
     results = [
@@ -117,22 +118,6 @@ def search_results(
         for result, row in zip(results, rows, strict=True):
             result[FEATURES_KEY] = (names, row)
     return results
-
-
-def rank_with_features(model, q: str, emb, k: int):
-    """SearchModel.rank_queries of one cleaned query, keeping the feature rows of the products it returns.
-
-    (product indices best first, scores, feature rows (k, n_features)): the same steps in the same
-    order as rank_queries (tests/services/test_feedback.py checks both give the same products and
-    scores), so the features logged are the ones the ranker scored.
-    """
-    import numpy as np
-
-    cand, bm, bx, best, sources = model._retrieve(q, emb)
-    x = model._features(q, emb, cand, bm, bx, best)
-    scores = model._score(x, cand, sources)
-    order = np.lexsort((cand, -scores))[:k]  # ties by catalog position, as rank_queries
-    return cand[order], scores[order], x[order]
 
 
 @dataclass

@@ -9,8 +9,7 @@ Environment (all optional):
     HATCHERY_LOG_MAX_MB        size at which the rollout request/feedback logs rotate; default 64
     HATCHERY_LOG_KEEP          rotated log files kept; default 3 (both read in artifacts/rollout_store.py,
                                since the rollout driver writes the feedback log with the same rules)
-    HATCHERY_CAPTURE           `1` turns impression capture and POST /feedback on; default off (503): with it on,
-                               the staged-rollout service tests stall (not yet diagnosed)
+    HATCHERY_CAPTURE           `0` turns impression capture and POST /feedback off (503); default on
     HATCHERY_CAPTURE_QUEUE     impressions/feedback batches waiting for the writer; past it, dropped and
                                counted; default 10000
     HATCHERY_FEEDBACK_RATE     feedback events a second one unit may send, sustained; default 1
@@ -37,8 +36,8 @@ MAX_FEEDBACK_EVENTS = 100
 
 
 def capture_enabled() -> bool:
-    """HATCHERY_CAPTURE, else off: `1`, `true` or `on` turn impression capture and POST /feedback on."""
-    return os.environ.get("HATCHERY_CAPTURE", "0").strip().lower() in ("1", "true", "on", "yes")
+    """HATCHERY_CAPTURE, else on: `0`, `false` or `off` turn impression capture and POST /feedback off."""
+    return os.environ.get("HATCHERY_CAPTURE", "1").strip().lower() not in ("0", "false", "off", "no")
 
 
 def capture_queue() -> int:

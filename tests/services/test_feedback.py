@@ -57,7 +57,7 @@ def app(tmp_path_factory):
     mp.setenv("HATCHERY_FEEDBACK_BURST", str(BURST))
     mp.setenv("HATCHERY_FEEDBACK_RATE", "0.001")  # no refill within the module: a flood stays refused
     mp.delenv("HATCHERY_STATE_URL", raising=False)
-    mp.setenv("HATCHERY_CAPTURE", "1")
+    mp.delenv("HATCHERY_CAPTURE", raising=False)
     for domain, version in (("search", "7"), ("recommend", "8")):
         mp.setenv(f"HATCHERY_{domain.upper()}_BUNDLE", make_bundle(root, version).uri)
         mp.setenv(f"HATCHERY_{domain.upper()}_VERSION", version)

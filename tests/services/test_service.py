@@ -116,10 +116,8 @@ class _Degraded(_Faulty):
         depth = self.DEPTH
         if fn.__name__ == "rank_queries":
 
-            def deep(queries, k=100, q_embs=None):
-                return [
-                    (i[depth : depth + k], s[depth : depth + k]) for i, s in fn(queries, k=k + depth, q_embs=q_embs)
-                ]
+            def deep(queries, k=100, q_embs=None, **kw):  # with_features: (ids, scores, rows), each sliced
+                return [tuple(a[depth : depth + k] for a in r) for r in fn(queries, k=k + depth, q_embs=q_embs, **kw)]
 
             return deep
 
