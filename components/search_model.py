@@ -31,6 +31,7 @@ from components.search_features import (
 )
 
 MAX_QUERY_CHARS = 256
+RETRIEVAL_SOURCES = ("bm25", "bm25 expanded", "dense")  # _retrieve's candidate lists, in order
 
 
 @dataclass
@@ -187,8 +188,9 @@ class SearchModel:
     def search(self, query: str, k: int = 10, explain: bool = False, top_features: int = 5) -> list[dict]:
         """Top-k products for one query: [{product_id, title, score[, contributions]}], best first.
 
-        contributions (explain=True, needs the ranker): the `top_features` largest LightGBM
-        pred_contrib values of that product, as [[feature, contribution], ...].
+        explain=True: sources, the retrieval sources whose candidate list held the product (RETRIEVAL_SOURCES);
+        contributions (needs the ranker), the `top_features` largest LightGBM pred_contrib values of that
+        product, as [[feature, contribution], ...].
         """
         q = self.clean_query(query)
         if not q or k <= 0:
@@ -202,6 +204,10 @@ class SearchModel:
             {"product_id": str(self.product_ids[c]), "title": self.titles[c], "score": float(scores[o])}
             for o, c in zip(order, cand[order], strict=True)
         ]
+        if explain:  # which candidate lists held each product: what the ranker was given to choose from
+            found = [set(np.asarray(ids).tolist()) for ids in sources]
+            for r, c in zip(results, cand[order].tolist(), strict=True):
+                r["sources"] = [name for name, ids in zip(RETRIEVAL_SOURCES, found, strict=True) if c in ids]
         if explain and self.booster is not None:
             from components.ranker import contributions
 

@@ -25,7 +25,6 @@ from services.console.plots import Row, interval_chart, wilson_interval
 
 log = logging.getLogger(__name__)
 
-SEARCH_SOURCES = ("bm25", "bm25 expanded", "dense")
 REC_GENERATORS = ("own", "knn", "mf", "encoder", "trending")
 AUDIT_ROWS = 30
 
@@ -42,25 +41,6 @@ def _arms(rt) -> list[tuple[str, Any]]:
 
 
 # --- search ---------------------------------------------------------------------------------------------
-def retrieval_sources(model, query: str, cache=None) -> dict[str, list[str]]:
-    """product id -> the retrieval sources whose candidate list held it (bm25, bm25 expanded, dense).
-
-    The model's own candidate generation (SearchModel._retrieve), so the answer is what the ranker saw;
-    {} for a model without one (a stand-in, a ranker-less bundle).
-    """
-    retrieve = getattr(model, "_retrieve", None)
-    q = model.clean_query(query) if hasattr(model, "clean_query") else query
-    if retrieve is None or not q:
-        return {}
-    emb = cache.get_or_compute(q, lambda: model.encode_queries([q])[0]) if cache else model.encode_queries([q])[0]
-    *_, sources = retrieve(q, emb)
-    found: dict[str, list[str]] = {}
-    for name, idx in zip(SEARCH_SOURCES, sources, strict=False):
-        for c in np.asarray(idx).tolist():
-            found.setdefault(str(model.product_ids[c]), []).append(name)
-    return found
-
-
 def search_side_by_side(service, query: str, k: int = 10) -> dict[str, Any]:
     """Both arms' top-k for `query` with contributions, retrieval sources and each arm's latency (ms)."""
     from services.runtime import search_results
@@ -73,11 +53,10 @@ def search_side_by_side(service, query: str, k: int = 10) -> dict[str, Any]:
         t0 = time.perf_counter()
         error, results = None, []
         try:
-            results = search_results(loaded.model, loaded.cache, query, k, explain=True)
+            results = search_results(loaded.model, loaded.cache, query, k, explain=True)  # with sources
             ms = (time.perf_counter() - t0) * 1000.0
-            found = retrieval_sources(loaded.model, query, loaded.cache)
             for r in results:
-                r["sources"] = found.get(str(r["product_id"]), [])
+                r.setdefault("sources", [])  # a model that does not say (a stand-in)
         except Exception as exc:  # noqa: BLE001 - one arm failing is something to show, not a 500
             ms, error = (time.perf_counter() - t0) * 1000.0, f"{type(exc).__name__}: {exc}"[:300]
         return {"arm": arm, "version": loaded.ref.version, "results": results, "ms": ms, "error": error}

@@ -106,6 +106,19 @@ def test_explain_gives_top_feature_contributions(model) -> None:
         assert mags == sorted(mags, reverse=True)
 
 
+def test_explain_says_which_retrieval_sources_found_each_result(model) -> None:
+    from components.search_model import RETRIEVAL_SOURCES
+
+    q = model.clean_query("cordless drill")
+    *_, sources = model._retrieve(q, model.encode_queries([q])[0])
+    held = {name: set(model.product_ids[np.asarray(ids)].tolist()) for name, ids in zip(RETRIEVAL_SOURCES, sources)}
+    results = model.search("cordless drill", k=5, explain=True)
+    assert results and all(r["sources"] for r in results)  # every candidate came from at least one list
+    for r in results:
+        assert r["sources"] == [name for name in RETRIEVAL_SOURCES if r["product_id"] in held[name]]
+    assert "sources" not in model.search("cordless drill", k=5)[0]
+
+
 def test_rank_queries_and_search_agree(model) -> None:
     """One scoring path: the offline ranking and the service answer are the same products and scores."""
     ((idx, scores),) = model.rank_queries(["drill bit"], k=3)
