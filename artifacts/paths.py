@@ -191,8 +191,13 @@ class Paths:
 
     @property
     def feedback_store(self) -> Path:
-        """The embedded feedback store (impressions and events, SQLite; artifacts/feedback_store.py)."""
-        return self.root / "feedback" / "feedback.sqlite"
+        """The embedded feedback store (impressions and events, SQLite; artifacts/feedback_store.py).
+
+        HATCHERY_FEEDBACK_DB names it outright: a DVC stage runs in a run's workspace (its HATCHERY_HOME)
+        but reads the store the service writes, under the base outputs root (pipelines/dvc_stage.stage_env).
+        """
+        named = os.environ.get("HATCHERY_FEEDBACK_DB")
+        return Path(named) if named else self.root / "feedback" / "feedback.sqlite"
 
     @property
     def workspaces(self) -> Path:

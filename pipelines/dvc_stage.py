@@ -189,11 +189,13 @@ def _dvc(args: list[str], cwd: Path, env: dict[str, str]) -> list[str]:
 
 
 def stage_env(workspace: Path, base: Paths, budget_env: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment of the stage's command: the workspace as HATCHERY_HOME, the base's MLflow store,
-    the venv's python first on PATH (stage cmds say `python -m ...`)."""
+    """Environment of the stage's command: the workspace as HATCHERY_HOME, the base's MLflow store and
+    feedback store (the one the service writes: implicit_judgments reads it), the venv's python first on
+    PATH (stage cmds say `python -m ...`)."""
     env = os.environ.copy()
     env["HATCHERY_HOME"] = str(workspace)
     env["MLFLOW_TRACKING_URI"] = tracking_uri(base)
+    env["HATCHERY_FEEDBACK_DB"] = str(base.feedback_store)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env.setdefault("PYTHONUNBUFFERED", "1")
     try:

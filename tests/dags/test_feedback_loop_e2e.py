@@ -232,6 +232,9 @@ def loop(homedepot_raw: pd.DataFrame, online_retail_raw: pd.DataFrame, tmp_path_
         if "champion" not in registry_first["aliases"]:
             pytest.skip(f"the first challenger did not become champion on this slice: {first['tasks']}")
 
+        # The service loads the new champion in the background: traffic once it answers with it (as `make run`
+        # says "ready").
+        assert rl.wait_for_champions(url, ["search"], timeout_s=600) == {"search": str(registry_first["aliases"]["champion"])}
         workspace = workspace_root(overrides, Paths(root=home))
         train = pd.read_parquet(workspace / "data" / "split" / "search" / "train.parquet")
         scale = load_params(overrides=overrides).data.search.relevance

@@ -85,3 +85,19 @@ def test_implicit_training_data_holds_nothing_of_held_out_queries_or_the_test_wi
     empty, no_events, summary = implicit_judgments.build(params, logs, splits, TEST_CUTOFF)
     assert empty.empty and no_events.empty and summary["search_pairs"] == 0
     assert not paths.feedback_store.exists()
+
+
+def test_a_stage_in_a_run_workspace_reads_the_store_the_service_writes(tmp_path, monkeypatch) -> None:
+    """A lifecycle run with overrides runs its DVC stages in a workspace (their HATCHERY_HOME); the feedback
+    store stays the base root's, where the service logs: else implicit_judgments reads an empty store."""
+    from artifacts.paths import Paths
+    from pipelines.dvc_stage import stage_env, workspace_root
+
+    monkeypatch.delenv("HATCHERY_FEEDBACK_DB", raising=False)
+    base = Paths(root=tmp_path)
+    workspace = workspace_root({"search.ranker.n_estimators": 3}, base)
+    env = stage_env(workspace, base)
+    assert env["HATCHERY_HOME"] == str(workspace)
+    monkeypatch.setenv("HATCHERY_HOME", env["HATCHERY_HOME"])
+    monkeypatch.setenv("HATCHERY_FEEDBACK_DB", env["HATCHERY_FEEDBACK_DB"])
+    assert Paths().feedback_store == base.feedback_store != Paths(root=workspace).root / "feedback" / "feedback.sqlite"
