@@ -161,7 +161,8 @@ def rollout(plan: dict[str, Any], run_id: str | None) -> dict:
     """Take the gated challenger through the charter's shadow -> canary -> full plan on the live service.
 
     Works on the service's own outputs root (Paths(), HATCHERY_HOME), not the run's workspace: the rollout
-    state, request and feedback logs are the service's. Fails when no service answers, and when the rollout
+    state, request and feedback logs are the service's; the replayed traffic comes from the run's workspace
+    (its test split). Fails when no service answers, and when the rollout
     ends rolled back or paused (the reason is in the message). A re-run after the challenger already became
     champion changes nothing. Two runs rolling out the same domain at once: the second waits for the
     first's driver lease (HATCHERY_ROLLOUT_WAIT_S, default 3600 s), then refuses (RolloutBusy).
@@ -202,9 +203,13 @@ def rollout(plan: dict[str, Any], run_id: str | None) -> dict:
         params = load_params(overrides=plan.get("overrides") or {})
         rp = params.rollout
         wait_s = float(os.environ.get("HATCHERY_ROLLOUT_WAIT_S", "3600"))
-        # The simulated shoppers click by the run's judgment scale (a shop's own data may grade 0..4).
+        # The simulated shoppers replay the run's own test split (in its workspace when it has overrides) and
+        # click by the run's judgment scale (a shop's own data may grade 0..4).
         scale = params.data.search.relevance
-        result = step.run(charter, paths, url, rp, actor=f"airflow:{run_id}", lease_wait_s=wait_s, scale=scale)
+        with _workspace_paths(plan) as data:
+            result = step.run(
+                charter, paths, url, rp, actor=f"airflow:{run_id}", lease_wait_s=wait_s, scale=scale, data=data
+            )
         entry["result"] = {**result, "url": url}
         if result["phase"] == "rolled_back":
             raise RuntimeError(f"the rollout was rolled back: {result['reason']}")

@@ -297,10 +297,13 @@ def drive(
     lease: bool = True,
     lease_wait_s: float = 0.0,
     scale=None,
+    data: Paths | None = None,
 ) -> ro.RolloutState:
     """Replay batches and evaluate after each until the rollout is full, rolled back or paused.
 
     scale: the judgment scale the simulated shoppers click by (default: params.yaml's data.search.relevance).
+    data: the outputs root whose test split the shoppers replay (default: paths; a lifecycle run with
+    overrides has its own, its workspace).
 
     lease: take the domain's driver lease (False: the caller holds it); a second driver waits up to
     lease_wait_s, then RolloutBusy. Re-reads the state before every batch and writes with
@@ -308,10 +311,10 @@ def drive(
     """
     store = RolloutStore(paths, charter.domain)
     with store.driver_lease(actor, lease_wait_s) if lease else contextlib.nullcontext():
-        return _drive(paths, charter, url, rp, source, client, seed, actor, scale)
+        return _drive(paths, charter, url, rp, source, client, seed, actor, scale, data)
 
 
-def _drive(paths, charter, url, rp, source, client, seed, actor, scale=None) -> ro.RolloutState:
+def _drive(paths, charter, url, rp, source, client, seed, actor, scale=None, data=None) -> ro.RolloutState:
     from pipelines.replay import make_source, replay
 
     store = RolloutStore(paths, charter.domain)
@@ -323,7 +326,7 @@ def _drive(paths, charter, url, rp, source, client, seed, actor, scale=None) -> 
             from pipelines.common import load_params
 
             scale = load_params().data.search.relevance
-        source = make_source(charter.domain, paths, rp.click_model, rp.sessions, scale)
+        source = make_source(charter.domain, data or paths, rp.click_model, rp.sessions, scale)
     own = client is None
     if own:
         import httpx
@@ -503,12 +506,13 @@ def run(
     source=None,
     client=None,
     scale=None,
+    data: Paths | None = None,
 ) -> dict[str, Any]:
     """The DAG's rollout stage: begin (or resume) and drive to the end under the domain's driver lease.
 
     rp: the replay's settings (default: params.yaml `rollout`). lease_wait_s: how long to wait for
     another driver of the domain (then RolloutBusy); a run that waited finds its work done when the
-    other one promoted the same version. source / client: as for drive (tests). Writes
+    other one promoted the same version. source / client / data: as for drive. Writes
     reports/rollout/<domain>.json and (track) an MLflow run; returns the summary.
     """
     if rp is None:
@@ -525,7 +529,9 @@ def run(
             return result
         state = begin(paths, charter, actor)
         if state.phase in ro.ACTIVE:
-            state = drive(paths, charter, url, rp, source, client, seed=seed, actor=actor, lease=False, scale=scale)
+            state = drive(
+                paths, charter, url, rp, source, client, seed=seed, actor=actor, lease=False, scale=scale, data=data
+            )
         # still under the lease: a driver that waited for this one writes its summary after this one's
         result = summarize(paths, charter, state)
         if track:
