@@ -69,8 +69,8 @@ chromium:
 test: venv chromium
 	$(DEV) $(PY) -m pytest -q -m "not heavy"
 
-# The whole-lifecycle tests through a real Airflow (the browser's trigger flow and MLflow pages, the Celery
-# cluster profile, the feedback loop): written, not yet passed end to end within CI's time on 2 cores.
+# The whole lifecycle on the Celery cluster profile (tests/cluster/test_cluster_e2e.py): written, not yet
+# passed end to end within CI's time on 2 cores.
 test-e2e: venv chromium
 	$(DEV) $(PY) -m pytest -q -m heavy
 

@@ -19,7 +19,7 @@ from artifacts.paths import run_key
 from tests.browser._browser import shot
 from tests.browser._lifecycle import CHARTER, tiny_overrides
 
-pytestmark = [pytest.mark.slow, pytest.mark.heavy]
+pytestmark = pytest.mark.slow
 
 GROUPS = ("requirements", "training", "validation", "packaging", "rollout", "report")
 

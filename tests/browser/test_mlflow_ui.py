@@ -17,7 +17,7 @@ import pytest
 from artifacts.registry import CHALLENGER, CHAMPION, GATE_RUN_TAG
 from tests.browser._browser import shot
 
-pytestmark = [pytest.mark.slow, pytest.mark.heavy]
+pytestmark = pytest.mark.slow
 
 NAME = "hatchery-search"
 LOAD_MS = 90_000  # the MLflow UI's first page load compiles its bundle in the browser: slow on 2 busy cores

@@ -44,7 +44,7 @@ from services import launch
 from tests.dags._lifecycle_slice import write_slice
 from tests.dags.test_incubation_e2e import TINY
 
-pytestmark = [pytest.mark.slow, pytest.mark.heavy]
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 CHARTER = "semantic_search"
