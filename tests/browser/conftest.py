@@ -112,9 +112,10 @@ def stand_in_service(tmp_path_factory):
         os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def lifecycle_world(homedepot_raw, online_retail_raw, tmp_path_factory):
-    """`make run`'s servers in tmp (tests/browser/_lifecycle.py): Airflow, MLflow UI, the service; one per session.
+    """`make run`'s servers in tmp (tests/browser/_lifecycle.py): Airflow, MLflow UI, the service; one for the
+    browser tests (package scope: stopped once they are done, not left polling through the rest of the session).
 
     test_airflow_ui.py triggers the one incubation run through the UI and records its id in
     world["run_id"]; incubated_world reuses it (or triggers it through the REST API when run alone).
@@ -128,7 +129,7 @@ def lifecycle_world(homedepot_raw, online_retail_raw, tmp_path_factory):
         stop_world(world)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def incubated_world(lifecycle_world):
     """lifecycle_world after one successful semantic_search incubation run (the UI test's, else one via the API)."""
     from tests.browser._lifecycle import CHARTER, tiny_overrides, wait_for_run
