@@ -111,7 +111,8 @@ def test_explain_says_which_retrieval_sources_found_each_result(model) -> None:
 
     q = model.clean_query("cordless drill")
     *_, sources = model._retrieve(q, model.encode_queries([q])[0])
-    held = {name: set(model.product_ids[np.asarray(ids)].tolist()) for name, ids in zip(RETRIEVAL_SOURCES, sources)}
+    lists = zip(RETRIEVAL_SOURCES, sources, strict=True)
+    held = {name: set(model.product_ids[np.asarray(ids)].tolist()) for name, ids in lists}
     results = model.search("cordless drill", k=5, explain=True)
     assert results and all(r["sources"] for r in results)  # every candidate came from at least one list
     for r in results:
