@@ -46,6 +46,7 @@ Stdlib only: it must run before anything else is importable.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -248,8 +249,11 @@ def start_service(env: dict[str, str]) -> str:
     return url
 
 
-def stop_airflow(home: Path) -> None:
-    """Stop what this script started (the <name>.pid files of STARTED), each by its own process group."""
+def stop_airflow(home: Path, grace_s: float = 30) -> None:
+    """Stop what this script started (the <name>.pid files of STARTED), each by its own process group:
+    SIGTERM to every group, then SIGKILL to a group still alive after grace_s (a scheduler shutting its
+    executor down can take longer than that on a loaded machine). Returns once they are gone."""
+    stopping = {}
     for name in STARTED:
         pid_file = home / f"{name}.pid"
         if not pid_file.exists():
@@ -257,10 +261,42 @@ def stop_airflow(home: Path) -> None:
         pid = int(pid_file.read_text())
         try:
             os.killpg(pid, signal.SIGTERM)  # its own process group (start_new_session)
-            print(f"stopped {name} (pid {pid})")
+            stopping[name] = pid
         except ProcessLookupError:
             print(f"{name} (pid {pid}) was not running")
         pid_file.unlink()
+    deadline = time.monotonic() + grace_s
+    alive = dict(stopping)
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = {name: pid for name, pid in alive.items() if _group_alive(pid)}
+    for name, pid in stopping.items():
+        if name in alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            print(f"killed {name} (pid {pid}): still running {grace_s:.0f} s after SIGTERM")
+        else:
+            print(f"stopped {name} (pid {pid})")
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of the group is still running (zombies, exited but not yet reaped by their
+    parent, do not count: they hold nothing)."""
+    proc = Path("/proc")
+    if not proc.is_dir():  # not Linux: a group with only zombies left reads as alive until reaped
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid pgrp ...
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
 
 
 def wait_for_dag(api: Api, timeout: float = 600) -> None:

@@ -11,6 +11,8 @@ import importlib.util
 import os
 import socket
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -165,3 +167,32 @@ def test_started_airflow_listens_on_loopback_only_and_serves_task_logs(rl, env, 
         rl.stop_airflow(home)
     for proc in procs:
         proc.wait(timeout=60)
+
+
+IGNORE_TERM = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
+STUBBORN = f"""
+import subprocess, sys
+subprocess.Popen([sys.executable, "-c", {IGNORE_TERM!r}])
+{IGNORE_TERM}
+"""
+
+
+def test_stop_kills_a_component_that_ignores_sigterm_and_its_children(rl, tmp_path: Path) -> None:
+    """`--stop` must end what it started even when a component hangs in its shutdown: SIGTERM first, then
+    SIGKILL to the whole process group after the grace period, and return only once they are gone."""
+    home = tmp_path / "airflow_home"
+    home.mkdir()
+    stubborn = subprocess.Popen([sys.executable, "-c", STUBBORN], start_new_session=True)
+    polite = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+    (home / "scheduler.pid").write_text(str(stubborn.pid))
+    (home / "triggerer.pid").write_text(str(polite.pid))
+    time.sleep(1)  # the stubborn one has set its handler and started its child
+    assert rl._group_alive(stubborn.pid)
+
+    started = time.monotonic()
+    rl.stop_airflow(home, grace_s=2)
+    assert 2 <= time.monotonic() - started < 30
+    assert not rl._group_alive(stubborn.pid), "the stubborn group (parent and child) is gone"
+    assert not rl._group_alive(polite.pid)
+    assert stubborn.wait(timeout=5) == -9 and polite.wait(timeout=5) == -15
+    assert not list(home.glob("*.pid"))
