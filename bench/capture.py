@@ -3,7 +3,7 @@
 Each request goes through services.runtime.DomainRuntime.call with the function the endpoint calls
 (services/service.py: search_results with a query cache, RecommendModel.recommend on the pseudonym),
 once with capture on (services/capture.Capture writing to an embedded SQLite FeedbackStore in a
-temporary folder, its writer thread running; search also keeps the ranker's features for the log)
+temporary folder, its writer process running; search also keeps the ranker's features for the log)
 and once with it off (no Capture: nothing is queued, no feature rows kept). The two settings run the
 same requests in alternating blocks (on/off, then off/on, ...; --blocks of them), so load that drifts
 over the run falls on both. Requests arrive at --rate a second (open loop, default 100: the traffic
@@ -19,8 +19,9 @@ runs beside the answers; on one whose cores are all busy, it competes with them 
 p99 then measures that contention too (so read the load average printed with the table).
 
 Printed: a table of p50/p99 per endpoint and setting, the added p50/p99 (ms; target < 1 ms at p99),
-and the handoff: the time the answering thread itself spends on capture (building the impression,
-pickling it into the pipe), measured inside the same calls.
+the handoff: the time the answering thread itself spends on capture (building the impression,
+pickling it into the pipe), measured inside the same calls, and the writer process's CPU time per
+impression (what it takes from the cores the answers run on).
 Written: reports/bench/capture.json, and `capture_p99_overhead_ms` (the larger of the two endpoints'
 added p99) merged into metrics/feedback.json (other keys there are left as they are).
 
@@ -164,6 +165,7 @@ def measure(domain: str, rt, capture, reqs: list[str], salt: str, blocks: int, r
         call(value, False)
     capture.flush(60)
     handoff.clear()
+    writer_cpu_s, written_before = _cpu_s(capture.writer_pid), capture._done[0]
     lat: dict[str, list[float]] = {"on": [], "off": []}
     size = -(-len(reqs) // blocks)
     for b in range(blocks):
@@ -179,8 +181,11 @@ def measure(domain: str, rt, capture, reqs: list[str], salt: str, blocks: int, r
                 lat[setting].append((time.perf_counter() - t0) * 1000.0)
             capture.flush(60)  # the writer's work stays inside the block that made it
     written = capture.flush(60)
+    writer_cpu_s = _cpu_s(capture.writer_pid) - writer_cpu_s
+    impressions = capture._done[0] - written_before
     on, off = percentiles(lat["on"]), percentiles(lat["off"])
     return {
+        "writer_cpu_ms_per_impression": 1000.0 * writer_cpu_s / max(impressions, 1),
         "with_logging": on,
         "without_logging": off,
         "added_p50_ms": on["p50_ms"] - off["p50_ms"],
@@ -188,6 +193,14 @@ def measure(domain: str, rt, capture, reqs: list[str], salt: str, blocks: int, r
         "handoff": percentiles(handoff),
         "all_written": written,
     }
+
+
+def _cpu_s(pid: int | None) -> float:
+    """CPU seconds (user + system) a process has used so far."""
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
 
 
 def merge_metrics(path: Path, values: dict[str, Any]) -> None:
@@ -217,6 +230,7 @@ def render(results: dict[str, Any]) -> str:
         lines.append(f"/{domain:<11}{'added':<10}{e['added_p50_ms']:>9.2f}{e['added_p99_ms']:>9.2f}")
         h = e["handoff"]
         lines.append(f"/{domain:<11}{'handoff':<10}{h['p50_ms']:>9.3f}{h['p99_ms']:>9.3f}{h['n']:>7}")
+        lines.append(f"/{domain:<11}writer CPU per impression: {e['writer_cpu_ms_per_impression']:.3f} ms")
     for domain, why in results["skipped"].items():
         lines.append(f"/{domain}: skipped ({why})")
     verdict = "within" if results["capture_p99_overhead_ms"] < TARGET_P99_MS else "OVER"

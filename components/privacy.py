@@ -20,23 +20,32 @@ PHONE = re.compile(
 
 
 def pseudonymize(values: pd.Series, salt: str) -> pd.Series:
-    """Map raw user ids to salted HMAC-SHA256 pseudonyms (16 hex digits).
+    """Map raw user ids to salted HMAC-SHA256 pseudonyms (16 hex digits): `pseudonym` of each.
 
     The mapping is one-to-one in practice (64 bits) and stable for a given salt, so per-user
     metrics are unchanged while the raw id cannot be recovered without the salt.
     """
-    if not salt:
-        raise ValueError("a non-empty salt is required to pseudonymise user ids")
-    key = salt.encode("utf-8")
+    _check_salt(salt)
     cache: dict[str, str] = {}
 
     def one(raw: object) -> str:
         text = str(raw)
         if text not in cache:
-            cache[text] = hmac.new(key, text.encode("utf-8"), hashlib.sha256).hexdigest()[:16]
+            cache[text] = pseudonym(text, salt)
         return cache[text]
 
     return values.map(one).astype("string")
+
+
+def pseudonym(raw: object, salt: str) -> str:
+    """One raw id's pseudonym (what pseudonymize maps it to), without pandas: for the request path."""
+    _check_salt(salt)
+    return hmac.new(salt.encode("utf-8"), str(raw).encode("utf-8"), hashlib.sha256).hexdigest()[:16]
+
+
+def _check_salt(salt: str) -> None:
+    if not salt:
+        raise ValueError("a non-empty salt is required to pseudonymise user ids")
 
 
 def find_pii(texts: pd.Series) -> pd.Series:
@@ -61,3 +70,8 @@ def redact_pii(texts: pd.Series) -> tuple[pd.Series, pd.Series]:
     hit = counts > 0
     out[hit] = masked[hit]
     return out, counts.astype(int)
+
+
+def mask_pii(text: str) -> str:
+    """One text with every e-mail address and phone number masked (as redact_pii masks each), without pandas."""
+    return PHONE.sub(PHONE_MASK, EMAIL.sub(EMAIL_MASK, text))

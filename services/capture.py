@@ -17,7 +17,10 @@
 Why a process and not a thread: a writer thread measured +24 ms at p99 on /search at 100 requests/s
 on these shared cores (p50 unchanged): whenever the operating system paused it while it held the
 GIL, the answering thread waited for it (bench/capture.py). A process competes for CPU like any
-other, never for the GIL; the queue's own feeder thread only pickles and pipes.
+other, never for the GIL. What it costs the answers is then its CPU time and when it runs: it drains
+the pipe on a timer (DRAIN_EVERY_S, so a write never wakes it onto the answering core) and writes
+what it found as one batch; per impression it pseudonymises and masks without pandas (whose per-call
+cost made a one-impression batch take ~8 ms of CPU, most of a core at 100 requests/s).
 
 The last `recent` answers' impressions stay in memory, so a click sent right after its answer is not
 refused as unknown while the writer has yet to store it. Counters (services/metrics.py):
@@ -46,6 +49,12 @@ from components.feedback import records as r
 
 log = logging.getLogger(__name__)
 
+# The writer drains the pipe on this timer rather than blocking on it. A reader blocked on a pipe is woken by
+# each write as a "sync" wakeup (the kernel's hint that the writer is about to sleep), which places it on the
+# writing CPU, where it preempted the answering thread in the middle of its answer: the handoff's p99 was
+# 1.7-3.3 ms on 2 cores at 100 requests/s. Woken by its own timer, it runs on an idle core when there is one.
+# An impression reaches the store up to this much later; feedback on it is accepted meanwhile (`recent`).
+DRAIN_EVERY_S = 0.05
 ERROR_EVERY_S = 60.0  # a failing store fails every batch: say so once a minute, count them all
 FEATURES_KEY = "_features"  # a result's (feature names, values) for the impression; removed before answering
 
@@ -177,6 +186,11 @@ class Capture:
             self._proc.start()
         return self
 
+    @property
+    def writer_pid(self) -> int | None:
+        """The writer process's pid (None before start and after close): for benchmarks of its cost."""
+        return self._proc.pid if self._proc is not None else None
+
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Wait until everything queued so far is written (or failed); False if timeout_s passed first."""
         deadline = time.monotonic() + timeout_s
@@ -263,13 +277,18 @@ def write_forever(pipe, store, salt: str, done, batch_size: int, maintain_every_
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the service decides when we stop
     errors, said, last_maintain = 0, 0.0, time.monotonic()
     fd, buf, at = pipe.fileno(), bytearray(), 0
+    os.set_blocking(fd, False)
     stop = False
     while not stop:
         if len(buf) - at < _FRAME.size or len(buf) - at < _FRAME.size + _FRAME.unpack_from(buf, at)[0]:
-            if pipe.poll(1.0):
+            try:
                 chunk = os.read(fd, 1 << 20)
-                if not chunk:  # the service is gone
-                    stop = True
+            except BlockingIOError:  # nothing yet: look again after a nap, never wait on the pipe (see DRAIN_EVERY_S)
+                time.sleep(DRAIN_EVERY_S)
+                chunk = None
+            if chunk == b"":  # the service is gone
+                stop = True
+            elif chunk:
                 del buf[:at]
                 buf, at = buf + chunk, 0
         batch = []
@@ -322,17 +341,12 @@ def build_records(shown: list[Pending], salt: str) -> list[r.Impression]:
     """Impression records of pending answers: the session unit pseudonymised, personal data in queries masked."""
     if not shown:
         return []
-    import pandas as pd
+    from components.privacy import mask_pii, pseudonym  # per text, not pandas: its per-call cost was ms per batch
 
-    from components.privacy import pseudonymize, redact_pii
-
-    sessions = [p.session for p in shown if p.session is not None and p.user is None]
-    units = iter(pseudonymize(pd.Series(sessions, dtype=object), salt).tolist() if sessions else [])
-    queries = [p.query for p in shown if p.query is not None]
-    masked = iter(redact_pii(pd.Series(queries, dtype=object))[0].tolist() if queries else [])
+    units = {p.session: pseudonym(p.session, salt) for p in shown if p.session is not None and p.user is None}
     out = []
     for p in shown:
-        unit = p.user if p.user is not None else next(units) if p.session is not None else None
+        unit = p.user if p.user is not None else units.get(p.session)
         out.append(
             r.Impression(
                 request_id=p.request_id,
@@ -342,7 +356,7 @@ def build_records(shown: list[Pending], salt: str) -> list[r.Impression]:
                 model_version=p.model_version,
                 arm=p.arm,
                 unit=unit,
-                query=next(masked) if p.query is not None else None,
+                query=mask_pii(p.query) if p.query is not None else None,
                 user=p.user,
                 items=[
                     r.ShownItem(product_id=pid, position=i, score=_finite(score), features=_features(feats))
@@ -363,7 +377,10 @@ def pending_items(results: list) -> tuple:
     for x in results:
         if not isinstance(x, dict) or "product_id" not in x:
             return ()
-        items.append((str(x["product_id"]), x.get("score"), x.pop(FEATURES_KEY, None)))
+        feats = x.pop(FEATURES_KEY, None)
+        if feats is not None and hasattr(feats[1], "tolist"):  # a numpy row pickles ~20x slower than its floats
+            feats = (feats[0], feats[1].tolist())
+        items.append((str(x["product_id"]), x.get("score"), feats))
     return tuple(items)
 
 
@@ -380,7 +397,8 @@ def _features(feats) -> dict[str, float]:
     if feats is None:
         return {}
     names, values = feats
-    values = values.tolist() if hasattr(values, "tolist") else [float(v) for v in values]  # one C call for numpy
+    if not isinstance(values, list):
+        values = values.tolist() if hasattr(values, "tolist") else [float(v) for v in values]  # one C call for numpy
     return {n: v for n, v in zip(names, values, strict=True) if math.isfinite(v)}
 
 

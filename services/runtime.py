@@ -501,8 +501,6 @@ class DomainRuntime:
 
 def pseudonymous_user(raw_user_id: str, salt: str) -> str:
     """The pseudonym the training data uses for a raw user id (components.privacy, same salt)."""
-    import pandas as pd
+    from components.privacy import pseudonym
 
-    from components.privacy import pseudonymize
-
-    return str(pseudonymize(pd.Series([str(raw_user_id)]), salt).iloc[0])
+    return pseudonym(raw_user_id, salt)

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from components import schema as s
-from components.privacy import find_pii, pseudonymize, redact_pii
+from components.privacy import find_pii, mask_pii, pseudonym, pseudonymize, redact_pii
 from components.splits import query_bucket, split_events, split_queries, temporal_folds
 
 
@@ -103,6 +103,18 @@ def test_redact_masks_every_match_counts_them_and_keeps_the_rest():
     assert masked.tolist()[:2] == ["oak stool. Contact [email] or [phone].", "36 in. x 80 in."]
     assert pd.isna(masked.iloc[2]) and counts.tolist() == [2, 0, 0]
     assert not find_pii(masked).any()
+
+
+def test_the_request_path_helpers_agree_with_the_pipelines_versions():
+    """The service pseudonymises and masks one value at a time (pseudonym, mask_pii) without pandas; the
+    pipelines do it per column: the same id must get the same pseudonym, the same text the same mask."""
+    ids = pd.Series([17850, 12345, "abc", "0"])
+    assert [pseudonym(i, "salt-1") for i in ids] == pseudonymize(ids, "salt-1").tolist()
+    with pytest.raises(ValueError):
+        pseudonym(17850, "")
+    texts = ["oak stool. Contact sales@oak.example or 555-010-1234.", "mail a@b.co, a@b.co", "36 in. x 80 in.",
+             "+44 20 7946 0958 or (555) 123-4567", "Vendor contact: 555-010-1234.", ""]  # fmt: skip
+    assert [mask_pii(t) for t in texts] == redact_pii(pd.Series(texts))[0].tolist()
 
 
 def test_product_text_joins_the_configured_fields_a_catalog_has():
