@@ -261,7 +261,8 @@ class FeedbackStore:
             )
             for it in rec[r.ITEMS]:
                 score = None if it.get(r.SCORE) is None else float(it[r.SCORE])
-                features = json.dumps(it.get(r.FEATURES) or {}, default=float)  # numpy scalars as floats
+                feats = it.get(r.FEATURES)
+                features = json.dumps(feats, default=float) if feats else "{}"  # numpy scalars as floats
                 items.append((rec[r.REQUEST_ID], int(it[r.POSITION]), it[PRODUCT_ID], score, features))
         for ev in events:
             problem = r.feedback_shape_problem(ev)

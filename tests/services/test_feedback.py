@@ -341,6 +341,21 @@ def test_a_full_queue_drops_and_counts_without_blocking(tmp_path) -> None:
     capture.close()
 
 
+def test_the_writer_runs_below_the_services_priority(tmp_path) -> None:
+    """Where the writer shares a core with an answer, the answer goes first (services/capture.WRITER_NICE)."""
+    import psutil
+
+    from services.capture import WRITER_NICE, Capture
+
+    capture = Capture(FeedbackStore(path=tmp_path / "f.sqlite"), SALT).start()
+    try:
+        assert capture.submit_impression(_pending()) and capture.flush(30)  # it has started and written
+        assert psutil.Process(capture.writer_pid).nice() == min(os.nice(0) + WRITER_NICE, 19) > os.nice(0)
+    finally:
+        capture.close()
+    assert capture.writer_pid is None
+
+
 def test_a_runtime_without_capture_serves_and_writes_nothing(tmp_path, monkeypatch) -> None:
     from services.metrics import Metrics
     from services.runtime import DomainRuntime
