@@ -223,8 +223,10 @@ class DomainRuntime:
                 log.exception("challenger %s failed to load; the champion answers everything", state.challenger)
         with self._lock:
             self.champion, self.challenger, self.state, self.error = champion, challenger, state, None
+        swapped = {id(m) for m in have if m is not None} != {id(m) for m in (champion, challenger) if m is not None}
         del have  # the models this swap dropped are garbage now: let settle_heap reclaim them
-        settle_heap()
+        if swapped:  # a change of routing alone (a canary step) keeps the same models: no full collection to stall on
+            settle_heap()
 
     def poll_state(self, force: bool = False) -> None:
         """Pick up a changed state file (cheap stat, rate-limited); loading runs in the background."""

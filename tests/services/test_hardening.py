@@ -431,3 +431,30 @@ def test_a_rollouts_reader_opens_only_the_files_its_rollout_spans(isolated, monk
     assert set(opened) == files_of_new and len(opened) < len(list(store.folder.glob("requests.jsonl*"))) / 2
     assert [r["request_id"] for r in store.requests("mid")] == [f"mid{i}" for i in range(60)]  # an older one too
     assert len(store.requests()) == 180  # no id: every line the files keep
+
+
+def test_a_routing_change_alone_swaps_without_a_full_collection(isolated, tmp_path, monkeypatch) -> None:
+    """A canary step (same models, another share) must not stall answers on settle_heap's full collection
+    (100-300 ms with a real search model loaded); a new model, or one dropped, still settles the heap."""
+    import services.runtime as runtime
+
+    settled: list[int] = []
+    monkeypatch.setattr(runtime, "settle_heap", lambda: settled.append(1))
+    champion, challenger = make_bundle(tmp_path, "21"), make_bundle(tmp_path, "22")
+    _canary(isolated, "search", champion, challenger)
+    rt = _runtime(isolated)
+    assert rt.challenger is not None and settled  # loading both settled the heap
+    settled.clear()
+    loaded = (rt.champion, rt.challenger)
+
+    def step(share: float) -> None:
+        time.sleep(0.05)  # past the file system's timestamp granularity
+        rt.store.transact(lambda cur: ro.enter_canary_step(cur, 1, share, 3, "t", ""))
+        rt.poll_state(force=True)
+
+    step(0.25)
+    assert rt.state.share == 0.25 and (rt.champion, rt.challenger) == loaded and not settled
+    time.sleep(0.05)
+    rt.store.transact(lambda cur: ro.roll_back(cur, 4, "t", "test"))
+    rt.poll_state(force=True)
+    assert rt.challenger is None and settled == [1]  # the challenger was dropped: reclaimed
