@@ -79,9 +79,9 @@ $(HELM): | $(STAMP)
 test: venv chromium sshd $(HELM)
 	$(DEV) HATCHERY_HELM=$(HELM) $(PY) -m pytest -q -m "not heavy"
 
-# The whole lifecycle on the Celery cluster profile (tests/cluster/test_cluster_e2e.py): written, not yet
-# passed end to end within CI's time on 2 cores.
-test-e2e: venv chromium
+# The whole lifecycle on the Celery cluster profile (tests/cluster/test_cluster_e2e.py): passes (18 min on
+# 2 cores, PostgreSQL and Redis up), which would take `make test` past CI's time.
+test-e2e: venv sshd
 	$(DEV) $(PY) -m pytest -q -m heavy
 
 test-fast: venv
