@@ -90,6 +90,10 @@ def airflow_env(base: dict[str, str] | None = None) -> dict[str, str]:
     env.setdefault("AIRFLOW__CORE__AUTH_MANAGER", SIMPLE_AUTH_MANAGER)
     # Only used when the scheduler's health check is switched on; its default host is every interface.
     env.setdefault("AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST", "127.0.0.1")
+    # A task's process calls the API server (the execution API) before it runs; on a busy 2-core machine the
+    # first answers after the API server started took 7.7 s, past Airflow's 5 s default, and the task failed
+    # without running (a CI run of the feedback-loop test). Airflow's own setting, so the environment wins.
+    env.setdefault("AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT", "60")
     # Tasks find the repository (pipelines/) and write outputs beside it.
     env.setdefault("HATCHERY_HOME", str(REPO))
     if not env.get("HATCHERY_PSEUDONYM_SALT") and not env.get("HATCHERY_ENV"):
