@@ -16,10 +16,8 @@ import pytest
 from tests.browser._browser import CHROMIUM_ARGS, serve_in_thread
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="session")
 def browser():
-    """One Chromium for tests/browser, closed when they end (left open, its GPU process took ~9 % of a core
-    through the rest of the suite)."""
     from playwright.sync_api import sync_playwright
 
     chromium = shutil.which("chromium")
