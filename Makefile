@@ -77,7 +77,7 @@ $(HELM): | $(STAMP)
 	HATCHERY_K8S_TOOLS=$(dir $(HELM)) PY=$(PY) bash infra/k8s/check.sh --fetch-helm
 
 test: venv chromium sshd $(HELM)
-	$(DEV) HATCHERY_HELM=$(HELM) $(PY) -m pytest -q -m "not heavy"
+	$(DEV) HATCHERY_HELM=$(HELM) $(PY) -m pytest -q -m "not heavy" --durations=40
 
 # The whole lifecycle on the Celery cluster profile (tests/cluster/test_cluster_e2e.py): passes (18 min on
 # 2 cores, PostgreSQL and Redis up), which would take `make test` past CI's time.
