@@ -82,8 +82,8 @@ def feedback():
     def monitor(params=None) -> dict:
         return _pipelines().monitor.run_all(charters=params["charters"] or None, overrides=params["overrides"])
 
-    # The decision is the monitor's; re-running this task would only repeat it.
-    @task(outlets=[RETRAIN], retries=0)
+    # The decision is the monitor's: a retry (of a lost process) only repeats it, and the event is sent on success.
+    @task(outlets=[RETRAIN])
     def retrain(decision: dict, outlet_events=None) -> dict:
         return _emit(decision, outlet_events)
 

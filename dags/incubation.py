@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pendulum
 from airflow.sdk import Asset, Param, TaskGroup, dag, task
+from airflow.sdk.exceptions import AirflowFailException
 
 REPO = Path(__file__).resolve().parent.parent
 POOL = "hatchery_dvc"
@@ -74,6 +75,17 @@ def _request(params: dict, events) -> dict:
     }
 
 
+def _decided(step, *args, **kwargs):
+    """Call a step whose failure is a decision (a bad charter, a run that failed): its error is raised as
+    AirflowFailException, which Airflow does not retry. The task's retries stay for failures around the body:
+    a worker lost, or the execution API not answering before the body started (on a loaded machine the first
+    call after the API server started has taken 7.7 s), which would otherwise end the run at its first task."""
+    try:
+        return step(*args, **kwargs)
+    except Exception as exc:
+        raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+
+
 def _airflow_url(run_id: str) -> str:
     base = os.environ.get("AIRFLOW__API__BASE_URL", "http://localhost:8080").rstrip("/")
     return f"{base}/dags/incubation/runs/{run_id}"
@@ -97,10 +109,10 @@ def _airflow_url(run_id: str) -> str:
     doc_md=__doc__,
 )
 def incubation():
-    # Deterministic decisions (a bad charter, a failed gate, the run verdict) fail the same way twice: no retries.
-    @task(retries=0)
+    # A bad charter fails the same way twice: not retried (_decided); the task's retries are for its process.
+    @task
     def validate_charter(params=None, run_id=None, triggering_asset_events=None) -> dict:
-        return _lifecycle().requirements(**_request(params, triggering_asset_events), run_id=run_id)
+        return _decided(_lifecycle().requirements, **_request(params, triggering_asset_events), run_id=run_id)
 
     @task(pool=POOL)
     def ingest(plan: dict, run_id=None) -> dict:
@@ -123,9 +135,11 @@ def incubation():
     def train_stage(item: dict, plan: dict, run_id=None) -> dict:
         return _lifecycle().train(item, plan, run_id)
 
-    @task(pool=POOL, retries=0)
+    # A failed gate is a decision (_decided: not retried); passing sets the `challenger` alias, which a retry
+    # after a lost process sets again.
+    @task(pool=POOL)
     def gate(plan: dict, run_id=None) -> dict:
-        return _lifecycle().gate(plan, run_id)
+        return _decided(_lifecycle().gate, plan, run_id)
 
     @task(pool=POOL)
     def package(plan: dict, run_id=None) -> dict:
@@ -138,9 +152,11 @@ def incubation():
     def rollout(plan: dict, run_id=None) -> dict:
         return _lifecycle().rollout(plan, run_id)
 
-    @task(trigger_rule="all_done", retries=0)
+    # The run's verdict (LifecycleFailed) is not retried (_decided); a lost process is.
+    @task(trigger_rule="all_done")
     def report(params=None, run_id=None, triggering_asset_events=None) -> dict:
-        return _lifecycle().report(_request(params, triggering_asset_events)["charter"], run_id, _airflow_url(run_id))
+        charter = _request(params, triggering_asset_events)["charter"]
+        return _decided(_lifecycle().report, charter, run_id, _airflow_url(run_id))
 
     with TaskGroup("requirements", tooltip="charter validation, then the data checks") as requirements_tg:
         plan = validate_charter()

@@ -53,8 +53,8 @@ def test_task_graph_and_retries(dag):
         "retrain": ["implicit_judgments", "monitor"],  # the incubation it starts trains on the judgments
     }
     retries = {t.task_id: t.retries for t in dag.tasks}
-    assert retries["retrain"] == 0  # it only repeats the monitor's decision
-    assert all(retries[t] >= 1 for t in ("collect_logs", "implicit_judgments", "monitor")), retries
+    # a lost process is retried everywhere; retrain only repeats the monitor's decision
+    assert all(retries[t] >= 1 for t in ("collect_logs", "implicit_judgments", "monitor", "retrain")), retries
     assert dag.get_task("implicit_judgments").pool == "hatchery_dvc"  # DVC locks the repository
     assert dag.max_active_runs == 1 and not dag.catchup
 

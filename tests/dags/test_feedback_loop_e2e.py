@@ -169,6 +169,23 @@ def _wait_for_asset_run(env: dict[str, str], timeout_s: float) -> tuple[str, str
     pytest.fail(f"no asset-triggered incubation run ended within {timeout_s:.0f} s: {rows}")
 
 
+def _diagnostics(env: dict[str, str], run_id: str, tasks: list[tuple]) -> str:
+    """When the asset-triggered run did not succeed: its task states, the tail of each failed task's log and of
+    the scheduler's (CI keeps only pytest's output)."""
+    airflow_home = Path(env["AIRFLOW_HOME"])
+    parts = [f"run {run_id}: {sorted(tasks, key=str)}"]
+    run_logs = airflow_home / "logs" / "dag_id=incubation" / f"run_id={run_id}"
+    for task_id, _, state in tasks:
+        if state != "success":
+            for log_file in sorted(run_logs.glob(f"task_id={task_id}/**/*.log")):
+                tail = log_file.read_text(errors="replace")[-3000:]
+                parts.append(f"--- {log_file.relative_to(airflow_home)}\n{tail}")
+    scheduler = airflow_home / "scheduler.log"
+    if scheduler.exists():
+        parts.append(f"--- scheduler.log\n{scheduler.read_text(errors='replace')[-4000:]}")
+    return "\n".join(parts)
+
+
 def _run_lifecycle():
     """infra/airflow/run_lifecycle.py, the script `make run` starts Airflow with."""
     import importlib.util
@@ -253,6 +270,7 @@ def loop(homedepot_raw: pd.DataFrame, online_retail_raw: pd.DataFrame, tmp_path_
             api = rl.Api(env["AIRFLOW__API__BASE_URL"], airflow_home)
             run_id, run_state = _wait_for_asset_run(env, timeout_s=1500)
             tasks = _db(env, "SELECT task_id, map_index, state FROM task_instance WHERE run_id = ?", (run_id,))
+            diagnostics = "" if run_state == "success" else _diagnostics(env, run_id, tasks)
             registry_after = _registry(tracking)
             status = http.post("/rollout_status", json={}).json()
             served = http.post("/search", json={"query": "wood screws", "k": 3}).json()
@@ -280,6 +298,7 @@ def loop(homedepot_raw: pd.DataFrame, online_retail_raw: pd.DataFrame, tmp_path_
             "asset_events": [json.loads(e[0]) if e[0] else {} for e in events],
             "run_id": run_id,
             "run_state": run_state,
+            "diagnostics": diagnostics,
             "tasks": {f"{t}[{m}]" if m >= 0 else t: st for t, m, st in tasks},
             "registry_after": registry_after,
             "status": status,
@@ -322,6 +341,7 @@ def test_incubation_started_by_itself_with_the_reason(loop):
 
     assert loop["run_id"].startswith("asset_triggered__")
     folder = Paths(root=loop["home"]).incubation_run(loop["run_id"], CHARTER)
+    assert (folder / "plan.json").exists(), loop["diagnostics"]
     plan = json.loads((folder / "plan.json").read_text())
     reason = loop["asset_events"][0]["reason"]
     assert plan["trigger"]["reason"] == reason and plan["trigger"]["asset"] == "hatchery_retrain"
@@ -333,7 +353,7 @@ def test_incubation_started_by_itself_with_the_reason(loop):
 
 def test_the_new_judgments_retrain_and_gate_registry_and_service_agree(loop):
     tasks, registry = loop["tasks"], loop["registry_after"]
-    assert tasks["training.train_stage[3]"] == "success", tasks  # train_ranker, on the new judgments
+    assert tasks.get("training.train_stage[3]") == "success", loop["diagnostics"]  # train_ranker, new judgments
     assert len(registry["versions"]) == len(loop["registry_first"]["versions"]) + 1, registry  # a new version
     new = str(max(registry["versions"]))
     search = loop["status"]["search"]

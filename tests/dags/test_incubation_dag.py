@@ -63,9 +63,10 @@ def test_training_is_mapped_over_the_charter_stages(dag):
 
 
 def test_retries_and_pool(dag):
+    # Every task but the rollout retries a lost process; the rollout would replay traffic it already judged.
     for t in dag.tasks:
-        if t.task_id in ("requirements.validate_charter", "validation.gate", "rollout", "report"):
-            assert t.retries == 0, f"{t.task_id}: a deterministic decision should not be retried"
+        if t.task_id == "rollout":
+            assert t.retries == 0, f"{t.task_id}: a rollout that decided should not be replayed"
         else:
             assert t.retries >= 1, f"{t.task_id} has no retries"
     dvc_tasks = {
@@ -77,6 +78,25 @@ def test_retries_and_pool(dag):
         "packaging.package",
     }
     assert {t.task_id for t in dag.tasks if t.pool == "hatchery_dvc"} == dvc_tasks
+
+
+@pytest.mark.parametrize(
+    ("task_id", "args"),
+    [
+        ("requirements.validate_charter", {"params": {"charter": "no_such_charter", "overrides": {}}}),
+        ("validation.gate", {"plan": {"charter": "no_such_charter"}}),
+        ("report", {"params": {"charter": "no_such_charter", "overrides": {}}}),
+    ],
+)
+def test_a_decision_fails_without_the_retries_a_lost_process_gets(dag, task_id, args, tmp_path, monkeypatch):
+    """The body's own error (here: an unknown charter) is AirflowFailException, which Airflow never retries."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    monkeypatch.setenv("HATCHERY_HOME", str(tmp_path))
+    task = dag.get_task(task_id)
+    assert task.retries >= 1
+    with pytest.raises(AirflowFailException, match="no_such_charter"):
+        task.python_callable(**args, run_id="manual__test")
 
 
 def test_tags_params_and_schedule(dag):
