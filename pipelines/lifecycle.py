@@ -204,11 +204,20 @@ def rollout(plan: dict[str, Any], run_id: str | None) -> dict:
         rp = params.rollout
         wait_s = float(os.environ.get("HATCHERY_ROLLOUT_WAIT_S", "3600"))
         # The simulated shoppers replay the run's own test split (in its workspace when it has overrides) and
-        # click by the run's judgment scale (a shop's own data may grade 0..4).
-        scale = params.data.search.relevance
+        # click by the run's judgment scale (a shop's own data may grade 0..4); recommendation requests carry
+        # the raw user ids of the run's own events.
+        scale, users = params.data.search.relevance, params.data.recommend
         with _workspace_paths(plan) as data:
             result = step.run(
-                charter, paths, url, rp, actor=f"airflow:{run_id}", lease_wait_s=wait_s, scale=scale, data=data
+                charter,
+                paths,
+                url,
+                rp,
+                actor=f"airflow:{run_id}",
+                lease_wait_s=wait_s,
+                scale=scale,
+                data=data,
+                users=users,
             )
         entry["result"] = {**result, "url": url}
         if result["phase"] == "rolled_back":

@@ -6,8 +6,9 @@ them to the service, and the source turns each response into feedback (impressio
                   position-based click model over the graded judgments; success = a click in the top 10.
                   The clicked product ids go to the feedback too (interleaving credits them by team).
   RecommendReplay test-window users (data/split/recommend/test/); the request carries the RAW user id
-                  (as a shop's front end would; recovered from the shared dataset with the same salted
-                  pseudonym), success = a recommended item the user bought in the test window.
+                  (as a shop's front end would; recovered from the run's own recommendation source,
+                  pseudonymised with the same salt), success = a recommended item the user bought in the
+                  test window.
 Production logs replace a source by implementing the same two methods (`TrafficSource`).
 
 Feedback lines go to the domain's rollout store (artifacts/rollout_store.py, feedback.jsonl): request
@@ -27,7 +28,6 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -133,16 +133,27 @@ class RecommendReplay:
         return any(str(r["product_id"]) in truth for r in response["results"])
 
 
-def raw_user_ids(salt: str, data_dir: Path | None = None) -> dict[str, str]:
-    """pseudonym -> raw CustomerID, by pseudonymising the shared dataset's ids with the same salt."""
-    from artifacts.paths import datasets_dir
+def raw_user_ids(salt: str, source=None) -> dict[str, str]:
+    """pseudonym -> raw user id, by pseudonymising the raw ids of a recommendation source (params
+    data.recommend: a shop's canonical events or the Online Retail file; default: params.yaml's) with the
+    salt ingestion used, exactly as ingestion reads them."""
     from components.privacy import pseudonymize
+    from pipelines.ingest import source_files
 
-    raw = pd.read_parquet(
-        datasets_dir(str(data_dir) if data_dir else None) / "online_retail" / "online_retail.parquet",
-        columns=["CustomerID"],
-    ).dropna()
-    ids = pd.Series(sorted(raw["CustomerID"].astype("int64").unique()))
+    if source is None:
+        from pipelines.common import load_params
+
+        source = load_params().data.recommend
+    path = source_files("recommend", source)
+    if source.source == "canonical":
+        from pipelines.io import read_table
+
+        ids = read_table(path, s.EVENTS)[s.USER_ID].dropna()
+    elif source.source == "online_retail":
+        ids = pd.read_parquet(path, columns=["CustomerID"])["CustomerID"].dropna().astype("int64")
+    else:
+        raise ValueError(f"source {source.source!r} has no shoppers to replay recommendation requests for")
+    ids = pd.Series(sorted(ids.unique()))
     return dict(zip(pseudonymize(ids, salt).astype(str), ids.astype(str), strict=True))
 
 
@@ -226,12 +237,14 @@ def make_source(
     click_model: str = "cascade",
     sessions: int = 5000,
     scale: RelevanceScale | None = None,
+    users=None,
 ) -> TrafficSource:
+    """users: the recommendation source whose raw ids the requests carry (raw_user_ids)."""
     if domain == "search":
         return SearchReplay.from_paths(paths, click_model=click_model, sessions=sessions, scale=scale)
     from artifacts.paths import pseudonym_salt
 
-    return RecommendReplay.from_paths(paths, raw_user_ids(pseudonym_salt()))
+    return RecommendReplay.from_paths(paths, raw_user_ids(pseudonym_salt(), users))
 
 
 if __name__ == "__main__":

@@ -298,12 +298,15 @@ def drive(
     lease_wait_s: float = 0.0,
     scale=None,
     data: Paths | None = None,
+    users=None,
 ) -> ro.RolloutState:
     """Replay batches and evaluate after each until the rollout is full, rolled back or paused.
 
     scale: the judgment scale the simulated shoppers click by (default: params.yaml's data.search.relevance).
     data: the outputs root whose test split the shoppers replay (default: paths; a lifecycle run with
     overrides has its own, its workspace).
+    users: the run's recommendation source (params data.recommend), whose raw user ids the replayed requests
+    carry (default: params.yaml's).
 
     lease: take the domain's driver lease (False: the caller holds it); a second driver waits up to
     lease_wait_s, then RolloutBusy. Re-reads the state before every batch and writes with
@@ -311,10 +314,10 @@ def drive(
     """
     store = RolloutStore(paths, charter.domain)
     with store.driver_lease(actor, lease_wait_s) if lease else contextlib.nullcontext():
-        return _drive(paths, charter, url, rp, source, client, seed, actor, scale, data)
+        return _drive(paths, charter, url, rp, source, client, seed, actor, scale, data, users)
 
 
-def _drive(paths, charter, url, rp, source, client, seed, actor, scale=None, data=None) -> ro.RolloutState:
+def _drive(paths, charter, url, rp, source, client, seed, actor, scale=None, data=None, users=None) -> ro.RolloutState:
     from pipelines.replay import make_source, replay
 
     store = RolloutStore(paths, charter.domain)
@@ -326,7 +329,7 @@ def _drive(paths, charter, url, rp, source, client, seed, actor, scale=None, dat
             from pipelines.common import load_params
 
             scale = load_params().data.search.relevance
-        source = make_source(charter.domain, data or paths, rp.click_model, rp.sessions, scale)
+        source = make_source(charter.domain, data or paths, rp.click_model, rp.sessions, scale, users)
     own = client is None
     if own:
         import httpx
@@ -507,12 +510,13 @@ def run(
     client=None,
     scale=None,
     data: Paths | None = None,
+    users=None,
 ) -> dict[str, Any]:
     """The DAG's rollout stage: begin (or resume) and drive to the end under the domain's driver lease.
 
     rp: the replay's settings (default: params.yaml `rollout`). lease_wait_s: how long to wait for
     another driver of the domain (then RolloutBusy); a run that waited finds its work done when the
-    other one promoted the same version. source / client / data: as for drive. Writes
+    other one promoted the same version. source / client / scale / data / users: as for drive. Writes
     reports/rollout/<domain>.json and (track) an MLflow run; returns the summary.
     """
     if rp is None:
@@ -529,9 +533,7 @@ def run(
             return result
         state = begin(paths, charter, actor)
         if state.phase in ro.ACTIVE:
-            state = drive(
-                paths, charter, url, rp, source, client, seed=seed, actor=actor, lease=False, scale=scale, data=data
-            )
+            state = drive(paths, charter, url, rp, source, client, seed, actor, False, 0.0, scale, data, users)
         # still under the lease: a driver that waited for this one writes its summary after this one's
         result = summarize(paths, charter, state)
         if track:

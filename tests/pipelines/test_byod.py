@@ -174,3 +174,18 @@ def test_a_served_answer_finds_a_product_by_its_description_and_recommends_for_a
     assert user.startswith("0") and recs.status_code == 200, recs.text
     assert len(recs.json()["results"]) == 5 and recs.json()["results"][0]["source"] == "ranker"  # a known user
     assert {r["product_id"] for r in recs.json()["results"]} <= set(catalog[s.PRODUCT_ID])
+
+
+def test_the_rollout_replays_recommendations_for_the_shops_own_raw_user_ids(shop_run) -> None:
+    """The staged rollout's simulated shoppers send the raw ids of the run's own events (leading zeros kept),
+    recovered through the same salted pseudonyms, not ids from a shipped dataset."""
+    from pipelines.replay import make_source, raw_user_ids
+
+    users = shop_run["params"].data.recommend
+    raw_ids = raw_user_ids(SALT, users)
+    events = pd.read_csv(shop_run["shop"] / "events.csv", dtype=str)
+    assert set(raw_ids.values()) == set(events[s.USER_ID])
+    source = make_source("recommend", shop_run["paths"], users=users)
+    requests = list(source.requests(20, np.random.default_rng(0)))
+    assert requests and all(r.body["user_id"] in set(events[s.USER_ID]) for r in requests)
+    assert all(len(r.body["user_id"]) == 6 for r in requests)  # "000003", as the shop's front end sends it
