@@ -195,6 +195,19 @@ def _champion(charter: Charter, paths: Paths) -> tuple[str | None, float | None]
     return str(version.version), float(version.creation_timestamp) / 1000.0
 
 
+def _took_over(paths: Paths, domain: str, champion: str | None) -> float | None:
+    """When `champion` began answering all of the domain's traffic: the start of the `full` phase of the rollout
+    state that names it (None: no such state, e.g. a champion set in the registry by hand, or a rollout under way)."""
+    from artifacts.rollout_store import RolloutStore
+
+    if champion is None:
+        return None
+    state = RolloutStore(paths, domain).load()
+    if state.phase == "full" and state.champion is not None and str(state.champion.version) == champion:
+        return float(state.phase_started) or None
+    return None
+
+
 def _utc(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
@@ -224,9 +237,12 @@ def run(
     now = time.time() if now is None else float(now)
     plan, domain, seed = charter.monitor, charter.domain, params.seed
     store = store if store is not None else FeedbackStore(paths=paths)
-    since = now - plan.window_hours * HOUR_S
-
     champion, champion_ts = _champion(charter, paths)
+    # The window never reaches back before the champion took all the traffic: what came before was answered by
+    # (and, through its feedback, trained) the run that made it champion, so it must not start another one; the
+    # rollout's own replayed requests stay out too.
+    took_over = _took_over(paths, domain, champion)
+    since = max(now - plan.window_hours * HOUR_S, took_over or 0.0)
     scan = scan_window(store, domain, since, now, seed)
     checks: list[drift.Check] = []
     reference = None
@@ -279,6 +295,8 @@ def run(
             "since_utc": _utc(since),
             "until_utc": _utc(now),
             "hours": plan.window_hours,
+            "champion_took_over": took_over,
+            "cut_at_takeover": bool(took_over and since == took_over),
         },
         "requests": scan.requests,
         "sampled_requests": 0 if scan.sample is None else len(scan.sample),

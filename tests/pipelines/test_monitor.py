@@ -57,7 +57,9 @@ def env(world, monkeypatch):
     return world
 
 
-def _search_traffic(paths: Paths, params, seed: int, shift: float, n: int = 300) -> shop.Traffic:
+def _search_traffic(
+    paths: Paths, params, seed: int, shift: float, n: int = 300, start: float = NOW - HOUR, end: float = NOW - 60
+) -> shop.Traffic:
     train = pd.read_parquet(paths.split / "search" / "train.parquet")
     judged = {q: list(g.sort_values("relevance", ascending=False)[PRODUCT_ID]) for q, g in train.groupby(QUERY)}
     filler = list(train[PRODUCT_ID].value_counts().index[:10])
@@ -69,8 +71,8 @@ def _search_traffic(paths: Paths, params, seed: int, shift: float, n: int = 300)
         lambda q, k: (judged.get(q, []) + filler)[:k],
         n,
         seed,
-        NOW - HOUR,
-        NOW - 60,
+        start,
+        end,
         params.data.search.relevance,
         reword=reword,
         shift=shift,
@@ -128,6 +130,40 @@ def test_reworded_queries_are_drift_and_trigger_once(env):
         data=env["paths"],
     )  # fmt: skip
     assert again["decision"]["trigger"] is False and "cooling down" in again["decision"]["reason"]
+
+
+def test_the_window_starts_when_the_champion_took_all_the_traffic(env):
+    """Reworded traffic answered before the champion's rollout reached `full` (it started the run that made this
+    champion) is left out; the traffic after it is the window: no second trigger from the same shift."""
+    from artifacts.rollout_store import RolloutStore
+    from components.rollout import state as ro
+
+    folder = Paths(root=env["paths"].root / "takeover")
+    store = FeedbackStore(path=folder.root / "feedback.sqlite")
+    store_traffic(store, _search_traffic(env["paths"], env["params"], seed=5, shift=1.0))  # in the hour before NOW
+    took_over = NOW - 50
+    full = ro.RolloutState(
+        domain="search", phase="full", champion=ro.ModelRef("1", "models:/hatchery-search/1"), phase_started=took_over
+    )
+    RolloutStore(folder, "search").save(
+        full, ro.AuditEntry(took_over, "test", "promote", "canary", "full", None, "1", "")
+    )
+    store_traffic(
+        store, _search_traffic(env["paths"], env["params"], seed=6, shift=0.0, n=120, start=NOW - 40, end=NOW - 1)
+    )
+    charter = _charter("semantic_search", _plan())
+    report = monitor.run(env["params"], folder, charter, now=NOW, store=store, data=env["paths"])
+    assert report["window"]["since"] == took_over and report["window"]["cut_at_takeover"] is True
+    assert report["requests"] == 120, report["window"]  # the calm traffic only
+    assert report["decision"]["trigger"] is False, report["decision"]
+    assert "took all the traffic" in folder.monitor("semantic_search.html").read_text()
+    # Another version's state (a rollout under way, a champion set by hand) does not cut the window.
+    RolloutStore(folder, "search").save(
+        ro.RolloutState(domain="search", phase="shadow", champion=ro.ModelRef("1", "x"), phase_started=took_over),
+        ro.AuditEntry(NOW, "test", "begin", "full", "shadow", "1", "1", ""),
+    )
+    report = monitor.run(env["params"], folder, charter, now=NOW, store=store, data=env["paths"], log_mlflow=False)
+    assert report["requests"] == 420 and report["window"]["cut_at_takeover"] is False
 
 
 def test_enough_new_feedback_triggers_without_drift(env):
