@@ -93,6 +93,9 @@ def test_a_decision_fails_without_the_retries_a_lost_process_gets(dag, task_id, 
     from airflow.sdk.exceptions import AirflowFailException
 
     monkeypatch.setenv("HATCHERY_HOME", str(tmp_path))
+    # The report step logs to MLflow and sets MLFLOW_TRACKING_URI when unset (as in a task's own process):
+    # set here, so the test leaves the environment as it found it.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     task = dag.get_task(task_id)
     assert task.retries >= 1
     with pytest.raises(AirflowFailException, match="no_such_charter"):
