@@ -80,8 +80,8 @@ test: venv chromium sshd $(HELM)
 	$(DEV) HATCHERY_HELM=$(HELM) $(PY) -m pytest -q -m "not heavy" --durations=40
 
 # The whole lifecycle on the Celery cluster profile (tests/cluster/test_cluster_e2e.py: passes, 18 min on
-# 2 cores, PostgreSQL and Redis up) and a PostgreSQL outage during a run on it (test_postgres_outage.py: a known
-# gap, xfail), which would take `make test` past CI's time.
+# 2 cores, PostgreSQL and Redis up) and a 30-s PostgreSQL outage during a run on it (test_postgres_outage.py),
+# which would take `make test` past CI's time.
 test-e2e: venv sshd
 	$(DEV) $(PY) -m pytest -q -m heavy
 

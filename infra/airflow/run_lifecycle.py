@@ -166,6 +166,16 @@ def private_file(path: Path) -> Path:
     return path
 
 
+def migrate_db(env: dict[str, str]) -> None:
+    """`airflow db migrate` (log in AIRFLOW_HOME/db-migrate.log); exits saying so when it fails."""
+    migrate_log = private_file(Path(env["AIRFLOW_HOME"]) / "db-migrate.log")
+    with migrate_log.open("ab") as log:
+        airflow = str(Path(sys.executable).parent / "airflow")
+        done = subprocess.run([airflow, "db", "migrate"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        sys.exit(f"airflow db migrate exited with {done.returncode}: see {migrate_log}")
+
+
 def start_airflow(env: dict[str, str]) -> list[subprocess.Popen] | None:
     """`airflow db migrate`, then the four components in the background (logs and pids in AIRFLOW_HOME),
     unless an Airflow is up already (None); waits until the scheduler reports healthy."""
@@ -177,12 +187,7 @@ def start_airflow(env: dict[str, str]) -> list[subprocess.Popen] | None:
     home.mkdir(parents=True, exist_ok=True)
     # The simple auth manager appends to this file ("a+"): created 0600 first, it stays 0600.
     private_file(home / PASSWORD_FILE)
-    migrate_log = private_file(home / "db-migrate.log")
-    with migrate_log.open("ab") as log:
-        airflow = str(Path(sys.executable).parent / "airflow")
-        done = subprocess.run([airflow, "db", "migrate"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    if done.returncode != 0:
-        sys.exit(f"airflow db migrate exited with {done.returncode}: see {migrate_log}")
+    migrate_db(env)
     procs = []
     for name, argv in airflow_processes(env):
         log_path = private_file(home / f"{name}.log")  # the API server prints the generated password once

@@ -6,8 +6,10 @@
 
 What runs where (every server on 127.0.0.1; processes, logs and pids under $HATCHERY_CLUSTER_HOME):
 
-  Airflow 3, CeleryExecutor   api-server, scheduler, dag-processor, triggerer (infra/airflow/run_lifecycle.py
-                              starts them, as for the embedded profile) and HATCHERY_CELERY_WORKERS Celery
+  Airflow 3, CeleryExecutor   api-server, scheduler, dag-processor, triggerer (the commands of
+                              infra/airflow/run_lifecycle.py, as for the embedded profile) under one circusd,
+                              which starts a component again when it exits (the scheduler, DAG processor
+                              and triggerer do when PostgreSQL goes away), and HATCHERY_CELERY_WORKERS Celery
                               workers (`airflow celery worker`), each its own process with its own name
                               (worker-a, worker-b, ...: the task instance's hostname) and working copy
                               (workers/<name>/: its DVC task workspaces and cache)
@@ -32,6 +34,7 @@ import argparse
 import json
 import os
 import secrets
+import shlex
 import signal
 import subprocess
 import sys
@@ -274,6 +277,73 @@ def ensure_pool(api: rl.Api, slots: int) -> None:
         api.post("/api/v2/pools", body)
 
 
+def circus_ini(programs: list[tuple[str, list[str]]], log_dir: Path, sock: Path) -> str:
+    """circusd's configuration for `programs` ((name, argv) each): one process per watcher, started again
+    whenever it exits (respawn, retried without limit), stopped with SIGTERM (children too) and 30 s grace;
+    stdout and stderr to <log_dir>/<name>.log; the controller on Unix sockets in `sock` (no TCP port)."""
+    lines = [
+        "[circus]",
+        f"endpoint = ipc://{sock / 'circus.sock'}",
+        f"pubsub_endpoint = ipc://{sock / 'circus-pubsub.sock'}",
+        "check_delay = 5",
+        "statsd = False",
+        "",
+    ]
+    for name, argv in programs:
+        log = log_dir / f"{name}.log"
+        lines += [
+            f"[watcher:{name}]",
+            f"cmd = {argv[0]}",
+            f"args = {shlex.join(argv[1:])}",
+            f"working_dir = {REPO}",
+            "copy_env = True",
+            "numprocesses = 1",
+            "respawn = True",
+            "max_retry = -1",
+            "stop_children = True",
+            "graceful_timeout = 30",
+            "stdout_stream.class = FileStream",
+            f"stdout_stream.filename = {log}",
+            "stderr_stream.class = FileStream",
+            f"stderr_stream.filename = {log}",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def start_airflow(cluster: Cluster) -> None:
+    """`airflow db migrate`, then Airflow's four components under one circusd (the process manager BentoML runs
+    its own workers under: package kantoku), which starts a component again when it exits; waits until Airflow
+    is healthy. Nothing when an Airflow answers already."""
+    env = cluster.env
+    base = env["AIRFLOW__API__BASE_URL"]
+    if rl.api_up(base):
+        print(f"reusing the Airflow already running at {base}")
+        return
+    home = Path(env["AIRFLOW_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    rl.private_file(home / rl.PASSWORD_FILE)
+    try:
+        rl.migrate_db(env)
+    except SystemExit as exc:  # the embedded launcher exits saying why: a RuntimeError here, cleaned up by the caller
+        raise RuntimeError(str(exc)) from None
+    programs = rl.airflow_processes(env)
+    for name, _ in programs:
+        rl.private_file(home / f"{name}.log")  # the API server prints the generated password once
+    ini = home / "circus.ini"
+    (cluster.home / "pids").mkdir(parents=True, exist_ok=True)
+    ini.write_text(circus_ini(programs, home, cluster.home / "pids"))
+    proc = _start(cluster, "airflow", [str(Path(sys.executable).parent / "circusd"), str(ini)])
+    deadline = time.time() + 600
+    while not rl.api_up(base):
+        if proc.poll() is not None:
+            raise RuntimeError(f"circusd exited with {proc.returncode}: see {_logs(cluster) / 'airflow.log'}")
+        if time.time() > deadline:
+            raise RuntimeError(f"Airflow did not become healthy in 10 minutes: see the logs in {home}")
+        time.sleep(3)
+    os.chmod(home / rl.PASSWORD_FILE, 0o600)
+
+
 def up(cluster: Cluster, services: bool = True) -> Cluster:
     """Everything the profile runs, started in dependency order; returns when Airflow is healthy."""
     for what, reason in (("PostgreSQL", servers.postgres_unreachable()), ("Redis", servers.redis_unreachable())):
@@ -288,13 +358,7 @@ def up(cluster: Cluster, services: bool = True) -> Cluster:
     start_mlflow(cluster)
     if services:
         start_services(cluster, wait=False)  # they load while Airflow starts
-    try:
-        started = rl.start_airflow(env)
-    except SystemExit as exc:  # the embedded launcher exits on a component that died: say which, clean up
-        raise RuntimeError(str(exc)) from None
-    for proc, (name, _) in zip(started or [], rl.airflow_processes(env), strict=False):
-        cluster.procs[name] = proc
-        (cluster.home / "pids" / f"{name}.pid").write_text(str(proc.pid))
+    start_airflow(cluster)
     for name in cluster.workers:
         start_worker(cluster, name)
     if services:
@@ -322,6 +386,12 @@ def down(cluster: Cluster) -> None:
             except ProcessLookupError:
                 pass
         pid_file.unlink()
+        if pid_file.stem == "airflow":  # circusd: stops its components (30 s grace each), then exits
+            deadline = time.monotonic() + 45
+            while rl._group_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if rl._group_alive(pid):
+                print(f"circusd (pid {pid}) still stopping Airflow's components after 45 s")
         print(f"stopped {pid_file.stem} (pid {pid})")
     for pid_file in (cluster.home / "airflow").glob("*.pid") if (cluster.home / "airflow").is_dir() else []:
         pid_file.unlink()  # start_airflow's own pid files: the same processes

@@ -8,8 +8,8 @@ Airflow UI: "clear failed"); and nothing is corrupt: the rollout state parses an
 version once, MLflow's server and Airflow's metadata DB answer, the registry names exactly one champion, the one
 the rollout state serves.
 
-Found here: Airflow's scheduler, DAG processor and triggerer exit on the lost connection and nothing restarts
-them in the cluster profile (see the xfail below); what must not break, the stores, holds.
+Airflow's scheduler, DAG processor and triggerer exit on the lost connection; circusd starts them again (see
+below).
 
 The same module-scoped cluster fixture as tests/cluster/test_cluster_e2e.py (its own databases, Redis prefix,
 ports and home); heavy: make test-e2e runs it, make test does not.
@@ -117,12 +117,9 @@ def outage(cluster):  # noqa: F811 (the imported fixture)
 
 
 # Found by this test (2026-11-30): the scheduler, the DAG processor and the triggerer exit on the lost connection
-# ("the database system is shutting down"); the API server and both Celery workers ride it out. The Helm values
-# (infra/k8s) get them restarted by Kubernetes; `cluster.py up` starts plain processes that nothing restarts,
-# so the run never goes on. strict: once the cluster profile supervises its components, this passes and says so.
-@pytest.mark.xfail(
-    strict=True, reason="the cluster profile does not restart Airflow components that exit when PostgreSQL goes away"
-)
+# ("the database system is shutting down"; the API server and both Celery workers ride it out), and nothing
+# started them again. The cluster profile now runs them under circusd (infra/cluster/cluster.py: start_airflow),
+# which does; on Kubernetes the kubelet restarts the Helm values' pods.
 def test_airflow_recovers_and_the_run_finishes_green(outage):
     print(json.dumps({k: v for k, v in outage.items() if k != "cluster"}, indent=1, default=str))
     assert outage["running_at_stop"] and outage["down"], outage
