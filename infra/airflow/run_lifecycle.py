@@ -286,6 +286,14 @@ def stop_airflow(home: Path, grace_s: float = 30) -> None:
             print(f"killed {name} (pid {pid}): still running {grace_s:.0f} s after SIGTERM")
         else:
             print(f"stopped {name} (pid {pid})")
+    # SIGKILL is delivered asynchronously: return once the killed groups are gone too (at most 10 s more).
+    deadline = time.monotonic() + 10
+    while alive and time.monotonic() < deadline:
+        alive = {name: pid for name, pid in alive.items() if _group_alive(pid)}
+        if alive:
+            time.sleep(0.05)
+    for name, pid in alive.items():
+        print(f"{name} (pid {pid}): still not gone 10 s after SIGKILL")
 
 
 def _group_alive(pgid: int) -> bool:

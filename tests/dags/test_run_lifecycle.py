@@ -169,10 +169,15 @@ def test_started_airflow_listens_on_loopback_only_and_serves_task_logs(rl, env, 
         proc.wait(timeout=60)
 
 
-IGNORE_TERM = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
+# Ignores SIGTERM, then says so by creating the file named by its first argument (on a loaded machine the
+# interpreter can take seconds to get there: the test waits for the files, not for a fixed time).
+IGNORE_TERM = (
+    "import pathlib, signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "pathlib.Path(sys.argv[1]).touch(); time.sleep(600)"
+)
 STUBBORN = f"""
 import subprocess, sys
-subprocess.Popen([sys.executable, "-c", {IGNORE_TERM!r}])
+subprocess.Popen([sys.executable, "-c", {IGNORE_TERM!r}, sys.argv[1] + ".child"])
 {IGNORE_TERM}
 """
 
@@ -182,11 +187,15 @@ def test_stop_kills_a_component_that_ignores_sigterm_and_its_children(rl, tmp_pa
     SIGKILL to the whole process group after the grace period, and return only once they are gone."""
     home = tmp_path / "airflow_home"
     home.mkdir()
-    stubborn = subprocess.Popen([sys.executable, "-c", STUBBORN], start_new_session=True)
+    ready = tmp_path / "ready"
+    stubborn = subprocess.Popen([sys.executable, "-c", STUBBORN, str(ready)], start_new_session=True)
     polite = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
     (home / "scheduler.pid").write_text(str(stubborn.pid))
     (home / "triggerer.pid").write_text(str(polite.pid))
-    time.sleep(1)  # the stubborn one has set its handler and started its child
+    deadline = time.monotonic() + 60
+    while not (ready.exists() and Path(f"{ready}.child").exists()):  # both ignore SIGTERM now
+        assert time.monotonic() < deadline, "the stubborn component and its child did not start within 60 s"
+        time.sleep(0.05)
     assert rl._group_alive(stubborn.pid)
 
     started = time.monotonic()
