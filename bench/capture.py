@@ -29,7 +29,7 @@ Models: --search-bundle / --recommend-bundle (default models/<domain>/bundle); r
 test queries and test-window users (data/split, as bench.serving). A domain without its bundle or
 split is skipped, and said so.
 
-Usage: python -m bench.capture [--requests 1000] [--blocks 20] [--rate 100]
+Usage: python -m bench.capture [--requests 1000] [--blocks 60] [--rate 100]
                                [--search-bundle DIR] [--recommend-bundle DIR]
 """
 
@@ -82,7 +82,7 @@ def requests_for(paths: Paths, domain: str, n: int, seed: int) -> list[str]:
 
 
 def run(
-    paths: Paths, bundles: dict[str, Path | None], n: int, blocks: int = 20, rate: float = 100.0, seed: int = 0
+    paths: Paths, bundles: dict[str, Path | None], n: int, blocks: int = 60, rate: float = 100.0, seed: int = 0
 ) -> dict[str, Any]:
     from artifacts.feedback_store import FeedbackStore
     from services.capture import Capture
@@ -166,11 +166,12 @@ def measure(domain: str, rt, capture, reqs: list[str], salt: str, blocks: int, r
     capture.flush(60)
     handoff.clear()
     writer_cpu_s, written_before = _cpu_s(capture.writer_pid), capture._done[0]
-    lat: dict[str, list[float]] = {"on": [], "off": []}
+    by_block: dict[str, list[list[float]]] = {"on": [], "off": []}
     size = -(-len(reqs) // blocks)
     for b in range(blocks):
         chunk = reqs[b * size : (b + 1) * size]
         for setting in ("on", "off") if b % 2 == 0 else ("off", "on"):
+            lat: list[float] = []
             due = time.perf_counter()
             for value in chunk:
                 if rate > 0:
@@ -178,21 +179,39 @@ def measure(domain: str, rt, capture, reqs: list[str], salt: str, blocks: int, r
                     time.sleep(max(0.0, due - time.perf_counter()))
                 t0 = time.perf_counter()
                 call(value, setting == "on")
-                lat[setting].append((time.perf_counter() - t0) * 1000.0)
+                lat.append((time.perf_counter() - t0) * 1000.0)
+            by_block[setting].append(lat)
             capture.flush(60)  # the writer's work stays inside the block that made it
     written = capture.flush(60)
     writer_cpu_s = _cpu_s(capture.writer_pid) - writer_cpu_s
     impressions = capture._done[0] - written_before
-    on, off = percentiles(lat["on"]), percentiles(lat["off"])
+    on, off = (percentiles([x for block in by_block[k] for x in block]) for k in ("on", "off"))
     return {
         "writer_cpu_ms_per_impression": 1000.0 * writer_cpu_s / max(impressions, 1),
         "with_logging": on,
         "without_logging": off,
         "added_p50_ms": on["p50_ms"] - off["p50_ms"],
         "added_p99_ms": on["p99_ms"] - off["p99_ms"],
+        "added_p99_ms_ci95": added_p99_interval(by_block["on"], by_block["off"]),
         "handoff": percentiles(handoff),
         "all_written": written,
     }
+
+
+def added_p99_interval(
+    on: list[list[float]], off: list[list[float]], resamples: int = 2000, seed: int = 0
+) -> list[float]:
+    """A 95 % bootstrap interval of p99(on) - p99(off): blocks resampled in pairs (the on and off block run
+    side by side share the load of their moment), so the interval shows how far the tail moves between
+    runs, which a single p99 difference (30 samples in each tail at 3,000 requests) does not."""
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(resamples)
+    for i in range(resamples):
+        pick = rng.integers(0, len(on), len(on))
+        a = np.concatenate([on[j] for j in pick])
+        b = np.concatenate([off[j] for j in pick])
+        diffs[i] = np.percentile(a, 99) - np.percentile(b, 99)
+    return [round(float(x), 3) for x in np.percentile(diffs, [2.5, 97.5])]
 
 
 def _cpu_s(pid: int | None) -> float:
@@ -227,7 +246,11 @@ def render(results: dict[str, Any]) -> str:
         for name, key in (("on", "with_logging"), ("off", "without_logging")):
             m = e[key]
             lines.append(f"/{domain:<11}{name:<10}{m['p50_ms']:>9.2f}{m['p99_ms']:>9.2f}{m['n']:>7}")
-        lines.append(f"/{domain:<11}{'added':<10}{e['added_p50_ms']:>9.2f}{e['added_p99_ms']:>9.2f}")
+        lo, hi = e["added_p99_ms_ci95"]
+        lines.append(
+            f"/{domain:<11}{'added':<10}{e['added_p50_ms']:>9.2f}{e['added_p99_ms']:>9.2f}"
+            f"   p99 95% interval [{lo:.2f}, {hi:.2f}]"
+        )
         h = e["handoff"]
         lines.append(f"/{domain:<11}{'handoff':<10}{h['p50_ms']:>9.3f}{h['p99_ms']:>9.3f}{h['n']:>7}")
         lines.append(f"/{domain:<11}writer CPU per impression: {e['writer_cpu_ms_per_impression']:.3f} ms")
@@ -249,7 +272,7 @@ if __name__ == "__main__":
     paths = Paths()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=1000, help="per endpoint and setting")
-    ap.add_argument("--blocks", type=int, default=20)
+    ap.add_argument("--blocks", type=int, default=60)
     ap.add_argument("--search-bundle", type=Path, default=paths.bundle("search"))
     ap.add_argument("--recommend-bundle", type=Path, default=paths.bundle("recommend"))
     ap.add_argument("--rate", type=float, default=100.0, help="requests a second; 0: back to back")

@@ -124,10 +124,14 @@ class Capture:
         self._recent: OrderedDict[str, Pending] = OrderedDict()
         self._closing = False
         self._last_sync, self._dead_said = 0.0, 0.0
-        if metrics is not None:  # exported as 0 from the start: an alert can tell "none" from "not reported"
-            for kind in ("impression", "feedback"):
-                for outcome in ("queued", "dropped", "written", "write_error"):
-                    metrics.capture.labels(kind, outcome)
+        # Exported as 0 from the start (an alert can tell "none" from "not reported"), and looked up once: labels()
+        # takes a lock and builds a key, on the answering thread of every request.
+        self._counters = {
+            (kind, outcome): metrics.capture.labels(kind, outcome)
+            for kind in ("impression", "feedback")
+            for outcome in ("queued", "dropped", "written", "write_error")
+            if metrics is not None
+        }
 
     # --- the request path ---------------------------------------------------------------------------
     def submit_impression(self, pending: Pending) -> bool:
@@ -257,8 +261,8 @@ class Capture:
             self.start()
 
     def _count(self, kind: str, outcome: str, n: int = 1) -> None:
-        if self.metrics is not None and n:
-            self.metrics.capture.labels(kind, outcome).inc(n)
+        if self._counters and n:
+            self._counters[kind, outcome].inc(n)
 
 
 _TALLIES = (

@@ -115,7 +115,8 @@ def search_results(
         from services.capture import FEATURES_KEY
 
         names = tuple(model.feature_names)
-        for result, row in zip(results, rows, strict=True):
+        # One C call for the whole matrix: a numpy row per result costs a call each, on the answering thread.
+        for result, row in zip(results, rows.tolist(), strict=True):
             result[FEATURES_KEY] = (names, row)
     return results
 

@@ -408,6 +408,8 @@ def test_search_results_with_features_rank_exactly_as_rank_queries() -> None:
         ((cand, x),) = model.candidate_features([query], q_embs=q_emb[None, :])
         for item in logged:
             names, values = item[FEATURES_KEY]
+            assert isinstance(values, list)  # floats already: no per-row numpy call on the answering thread
+            values = np.asarray(values, dtype=x.dtype)
             assert tuple(names) == tuple(model.feature_names)
             np.testing.assert_array_equal(values, x[list(model.product_ids[cand]).index(item["product_id"])])
             assert float(model.booster.predict(values[None, :])[0]) == pytest.approx(item["score"])
