@@ -27,8 +27,11 @@ Times are unix seconds (server clock for impressions' ts and events' received_ts
 Retention and rotation (environment, read when a store is made):
     HATCHERY_FEEDBACK_RETENTION_DAYS  rows older than this are deleted by maintain(); default 30
     HATCHERY_FEEDBACK_MAX_MB          SQLite only: past this size maintain() deletes the oldest whole
-                                      days until under it (a log rotation that drops the oldest file);
-                                      default 2048. PostgreSQL's size is its operator's business.
+                                      hours until under it (a log rotation that drops the oldest file);
+                                      default 2048. PostgreSQL's size is its operator's business. Size it
+                                      from what capture writes: ~4 KB an answer in SQLite (bench.capture:
+                                      a search answer logs its ten results' ranker features), so 2 GiB
+                                      hold about 1.5 h at 100 requests/s, or 6 days at 1 a second.
     HATCHERY_STATE_URL                postgresql://user@host:port/db: the store lives there (absent or
                                       empty: the SQLite file). The same variable names the rollout state's
                                       database, so one setting moves the service's state off the disk.
@@ -58,7 +61,7 @@ log = logging.getLogger(__name__)
 
 STATE_URL_ENV = "HATCHERY_STATE_URL"
 DEFAULT_RETENTION_DAYS, DEFAULT_MAX_MB = 30.0, 2048.0
-DAY_S = 86_400.0
+DAY_S, HOUR_S = 86_400.0, 3_600.0
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS feedback_impressions (
@@ -376,7 +379,11 @@ class FeedbackStore:
         return sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.exists())
 
     def maintain(self, now: float) -> dict[str, int]:
-        """Retention (rows older than retention_s before `now`), then SQLite's size cap (oldest days first)."""
+        """Retention (rows older than retention_s before `now`), then SQLite's size cap (oldest hours first).
+
+        The cap drops whole hours, not days: a store that fills its cap within a day (a busy shop; see
+        HATCHERY_FEEDBACK_MAX_MB) keeps its latest hours rather than losing the whole day at once.
+        """
         deleted = self.prune(now - self.retention_s)
         if self.path is None:
             return deleted
@@ -385,8 +392,10 @@ class FeedbackStore:
             oldest = self._query("SELECT MIN(ts) FROM feedback_impressions")[0][0]
             if oldest is None:
                 break
-            cut = (float(oldest) // DAY_S + 1) * DAY_S  # the end of the oldest day held (UTC)
-            log.warning("feedback store %s over %d bytes: dropping the day before %.0f", self.path, self.max_bytes, cut)
+            cut = (float(oldest) // HOUR_S + 1) * HOUR_S  # the end of the oldest hour held
+            log.warning(
+                "feedback store %s over %d bytes: dropping the hour before %.0f", self.path, self.max_bytes, cut
+            )
             for k, v in self.prune(cut).items():
                 deleted[k] = deleted.get(k, 0) + v
             conn.execute("PRAGMA incremental_vacuum")

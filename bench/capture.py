@@ -123,6 +123,10 @@ def run(
             results["endpoints"][domain] = measure(domain, rt, capture, reqs, salt, blocks, rate)
             rt.close()
         results["store_rows"] = store.counts()
+        # What a day of capture takes on disk, so the retention cap (HATCHERY_FEEDBACK_MAX_MB) can be sized.
+        results["store_bytes_per_impression"] = round(
+            (store.size_bytes() or 0) / max(results["store_rows"]["impressions"], 1)
+        )
         capture.close()
     if not results["endpoints"]:
         raise RuntimeError(f"nothing measured: {results['skipped']}")
@@ -260,7 +264,8 @@ def render(results: dict[str, Any]) -> str:
     lines.append(f"load average (1, 5, 15 min) at the end: {results.get('load_average')}")
     lines.append(
         f"capture_p99_overhead_ms = {results['capture_p99_overhead_ms']:.3f} ({verdict} the {TARGET_P99_MS:g} ms "
-        f"target); rows written {results['store_rows']}"
+        f"target); rows written {results['store_rows']}, {results['store_bytes_per_impression']:,} bytes of SQLite "
+        f"per impression (both endpoints' mix)"
     )
     return "\n".join(lines)
 

@@ -479,9 +479,24 @@ def test_sqlite_size_cap_drops_the_oldest_days_first(tmp_path, monkeypatch) -> N
     deleted = store.maintain(now=days[-1])
     assert store.size_bytes() <= store.max_bytes
     kept = store.impressions(items=False)["ts"]
-    assert deleted["impressions"] >= 200 and deleted["impressions"] % 200 == 0  # whole days...
+    assert deleted["impressions"] >= 200 and deleted["impressions"] % 200 == 0  # whole hours (here: whole days)...
     assert kept.min() > days[0]  # ... the oldest first
     assert kept.max() == days[-1]
+
+
+def test_sqlite_size_cap_keeps_the_latest_hours_of_a_busy_day(tmp_path, monkeypatch) -> None:
+    """A store that outgrows its cap within one day loses its oldest hours, not the whole day."""
+    monkeypatch.setenv("HATCHERY_FEEDBACK_RETENTION_DAYS", "1000")
+    store = FeedbackStore(path=tmp_path / "f.sqlite", max_bytes=10**9)
+    hours = [86_400.0 * 10 + h * 3_600.0 + 5.0 for h in range(6)]  # six hours of one day
+    for ts in hours:
+        store.append_impressions([_impression(ts, n=20) for _ in range(200)])
+    store.max_bytes = int(store.size_bytes() * 0.6)
+    deleted = store.maintain(now=hours[-1])
+    kept = sorted(set(store.impressions(items=False)["ts"]))
+    assert store.size_bytes() <= store.max_bytes
+    assert kept and kept == hours[-len(kept) :] and len(kept) < len(hours)  # the latest hours stay
+    assert deleted["impressions"] == 200 * (len(hours) - len(kept))
 
 
 def _postgres_url() -> str:
