@@ -394,7 +394,7 @@ def down(cluster: Cluster) -> None:
                 print(f"circusd (pid {pid}) still stopping Airflow's components after 45 s")
         print(f"stopped {pid_file.stem} (pid {pid})")
     for pid_file in (cluster.home / "airflow").glob("*.pid") if (cluster.home / "airflow").is_dir() else []:
-        pid_file.unlink()  # start_airflow's own pid files: the same processes
+        pid_file.unlink()  # pid files Airflow's components leave in their home: stale once they are stopped
 
 
 def run(cluster: Cluster, charters: list[str], overrides: dict) -> int:
