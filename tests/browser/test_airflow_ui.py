@@ -10,6 +10,7 @@ served: the console's lifecycle-run list (the Airflow UI itself has no link to a
 from __future__ import annotations
 
 import json
+import re
 import time
 from urllib.parse import unquote
 
@@ -58,20 +59,33 @@ def trigger_from_the_form(page, world: dict) -> str:
 
 
 def watch_until_green_and_open_the_report(page, world: dict, run_id: str, timeout_s: float = 1500) -> None:
-    """Follow the run page until the run ends; every task group green; then the run's report."""
-    page.goto(f"{world['airflow_url']}/dags/incubation/runs/{run_id}")
+    """Watch the run page until the run ends; then every task group green on it; then the run's report.
+
+    When the run has ended is asked of the API the page itself reads, not of the first state badge on the
+    page: the run page also lists its task instances, each with a state badge, and in CI a reload that had
+    rendered that list before the run's header made the first badge a finished task's "success" while the
+    run was still in its gate. The page is reloaded meanwhile, as a user watching it would, and once more
+    after the end, so every badge shows the final state when it is read.
+    """
+    url = f"{world['airflow_url']}/dags/incubation/runs/{run_id}"
+    run_path = f"/api/v2/dags/incubation/dagRuns/{run_id}"
+    page.goto(url)
     deadline = time.time() + timeout_s
-    run_badge = page.get_by_test_id("state-badge").first
-    while (state := run_badge.inner_text().strip().lower()) not in ("success", "failed"):
+    while (state := world["api"].get(run_path)["state"]) not in ("success", "failed"):
         assert time.time() < deadline, f"the run is still {state}"
         page.wait_for_timeout(5000)
         page.reload()
-        run_badge = page.get_by_test_id("state-badge").first
-    assert state == "success", world["api"].get(f"/api/v2/dags/incubation/dagRuns/{run_id}/taskInstances")
+    assert state == "success", world["api"].get(f"{run_path}/taskInstances")
+    page.reload()
+    success = re.compile(r"^\s*success\s*$", re.IGNORECASE)
+    run_badge = page.get_by_test_id("state-badge").filter(has_text=success).first
+    run_badge.wait_for()
     green = _badge_colour(run_badge)  # the colour of "success" in this UI's theme
+    badges = page.get_by_test_id("state-badge")
+    seen = [(badges.nth(i).inner_text().strip(), _badge_colour(badges.nth(i))) for i in range(badges.count())]
     for group in GROUPS:
         badge = page.get_by_test_id(f"grid-{run_id}-{group}").get_by_test_id("task-state-badge")
-        assert _badge_colour(badge) == green, group
+        assert _badge_colour(badge) == green, (group, "state badges on the page:", seen)
     shot(page, "airflow_run_green")
 
     # The run's report, from the console's list of lifecycle runs (served by the service, loopback only).
