@@ -76,12 +76,14 @@ sshd:
 $(HELM): | $(STAMP)
 	HATCHERY_K8S_TOOLS=$(dir $(HELM)) PY=$(PY) bash infra/k8s/check.sh --fetch-helm
 
+# Two pytest-xdist workers in two lanes (tests/conftest.py): the lifecycle on the Celery cluster profile
+# (tests/cluster/test_cluster_e2e.py) and the feedback loop's end-to-end run on one, the rest of the suite,
+# in order, on the other.
 test: venv chromium sshd $(HELM)
-	$(DEV) HATCHERY_HELM=$(HELM) $(PY) -m pytest -q -m "not heavy" --durations=40
+	$(DEV) HATCHERY_HELM=$(HELM) $(PY) -m pytest -q -m "not heavy" -n 2 --dist loadgroup --durations=40
 
-# The whole lifecycle on the Celery cluster profile (tests/cluster/test_cluster_e2e.py: passes, 18 min on
-# 2 cores, PostgreSQL and Redis up) and a 30-s PostgreSQL outage during a run on it (test_postgres_outage.py),
-# which would take `make test` past CI's time.
+# A 30-s PostgreSQL outage during a run on the cluster profile (tests/cluster/test_postgres_outage.py): it
+# stops the server the rest of the suite uses, so it runs on its own, not in `make test`.
 test-e2e: venv sshd
 	$(DEV) $(PY) -m pytest -q -m heavy
 

@@ -13,6 +13,28 @@ from artifacts.paths import REPO_ROOT, Paths
 SHARED = Path(os.environ.get("HATCHERY_DATA_DIR", REPO_ROOT.parent / "shared" / "datasets"))
 
 
+# `make test` runs pytest-xdist with two workers (`-n 2 --dist loadgroup`) in two fixed lanes: the lifecycle
+# on the Celery cluster profile (its own Airflow components, Celery workers, MLflow server and service
+# replicas), then the feedback loop's end-to-end run, on one worker; the rest of the suite, in its usual
+# order, on the other. Most of the suite keeps one core busy, so the second core takes the two longest
+# end-to-end runs. The lanes are made here, by the scheduler hook xdist offers: xdist 3.8 marks
+# `xdist_group` through `item._nodeid`, which pytest 9 no longer reads, so the marker alone groups nothing.
+BESIDE_THE_SUITE = ("tests/cluster/test_cluster_e2e.py", "tests/dags/test_feedback_loop_e2e.py")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class BesideTheSuite(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "beside" if nodeid.startswith(BESIDE_THE_SUITE) else "suite"
+
+    return BesideTheSuite(config, log)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Tests run in dev mode unless told otherwise (as `make test` does): the development salt and
     hand-made registry versions are allowed; tests of the non-dev behaviour unset it themselves."""

@@ -23,6 +23,7 @@ from tests.browser._lifecycle import CHARTER, tiny_overrides
 pytestmark = pytest.mark.slow
 
 GROUPS = ("requirements", "training", "validation", "packaging", "rollout", "report")
+RELOAD_S = 30
 
 
 def log_in(page, world: dict) -> None:
@@ -64,17 +65,20 @@ def watch_until_green_and_open_the_report(page, world: dict, run_id: str, timeou
     When the run has ended is asked of the API the page itself reads, not of the first state badge on the
     page: the run page also lists its task instances, each with a state badge, and in CI a reload that had
     rendered that list before the run's header made the first badge a finished task's "success" while the
-    run was still in its gate. The page is reloaded meanwhile, as a user watching it would, and once more
-    after the end, so every badge shows the final state when it is read.
+    run was still in its gate. The page is reloaded meanwhile, every RELOAD_S as a user glancing at it would
+    (the UI refreshes a running run by itself; a reload every few seconds kept the browser busy on a core
+    the run needs), and once more after the end, so every badge shows the final state when it is read.
     """
     url = f"{world['airflow_url']}/dags/incubation/runs/{run_id}"
     run_path = f"/api/v2/dags/incubation/dagRuns/{run_id}"
     page.goto(url)
-    deadline = time.time() + timeout_s
+    deadline, reloaded = time.time() + timeout_s, time.time()
     while (state := world["api"].get(run_path)["state"]) not in ("success", "failed"):
         assert time.time() < deadline, f"the run is still {state}"
         page.wait_for_timeout(5000)
-        page.reload()
+        if time.time() - reloaded >= RELOAD_S:
+            page.reload()
+            reloaded = time.time()
     assert state == "success", world["api"].get(f"{run_path}/taskInstances")
     page.reload()
     success = re.compile(r"^\s*success\s*$", re.IGNORECASE)

@@ -32,7 +32,7 @@ from infra.cluster import servers
 from tests.dags._lifecycle_slice import write_slice
 from tests.dags.test_incubation_e2e import TINY
 
-pytestmark = [pytest.mark.slow, pytest.mark.heavy]
+pytestmark = pytest.mark.slow
 
 RUN_TIMEOUT_S = 1800
 # Tiny recommendation settings (the search ones are TINY's).
