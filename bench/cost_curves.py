@@ -15,8 +15,9 @@ index      search p50/p99 latency (one query at a time, one thread, as the servi
            Probe queries: real Home Depot queries of the valid split, embedded with the same encoder.
            100x (5.5 M x 384) is built chunk by chunk so it never holds float32 vectors: exact search runs
            over float16 (IndexScalarQuantizer fp16, brute force), ground truth is float32 computed per
-           chunk; IVF-PQ (nprobe 16) is built there too, from the same chunks. HNSW is built at 1x and 2x;
-           larger builds are extrapolated (`hnsw_extrapolation`).
+           chunk; IVF-PQ (nprobe 16) is built there too, from the same chunks. HNSW is built at 1x, 2x
+           and 10x; at 100x (an hour of a core for the shipped params, ~9 GiB) it is extrapolated
+           (`hnsw_extrapolation`).
            Times are CPU time (what the work costs on a core of its own) with wall time beside it.
 embed      catalog embedding throughput of the pretrained encoder per worker (1 and 2 torch threads) on
            real titles and on synthetic titles drawn from the real title vocabulary and length mix.
@@ -278,46 +279,51 @@ def specs_for(scale: int, n: int, dim: int, ann) -> list[IndexSpec]:
     """What each scale builds on 2 shared cores.
 
     exact float32 up to 10x; at 100x exact search over float16 (IndexScalarQuantizer fp16) and IVF-PQ.
-    HNSW with the shipped params (search.ann) at 1x, and a lighter build (M=16, efConstruction=40) at 1x
-    and 2x, the two points of the build-time fit (`hnsw_extrapolation`) for 10x and 100x.
+    HNSW with the shipped params (search.ann) at 1x and 10x, and a lighter build (M=16, efConstruction=40)
+    at 1x, 2x and 10x: the points of the build-time fit (`hnsw_extrapolation`) for 100x.
     IVF-PQ (8 dimensions per sub-quantizer, 8 bits: 48 bytes a 384-d vector) at two nprobes up to 10x, and
     at nprobe 16 at 100x (the one index measured here whose memory stays small there)."""
     nlist = ivf_lists(n)
     if scale >= 100:
         return [IndexSpec("exact-fp16", {}), IndexSpec("ivfpq", {"nlist": nlist, "m": dim // 8, "nprobe": 16})]
     specs = [IndexSpec("exact", {})]
-    if scale == 1:
+    if scale in (1, 10):
         specs.append(IndexSpec("hnsw", {"M": ann.hnsw_m, "efC": ann.ef_construction, "efS": ann.ef_search}))
-    if scale <= 2:
-        specs.append(IndexSpec("hnsw", {"M": 16, "efC": 40, "efS": ann.ef_search}))
+    specs.append(IndexSpec("hnsw", {"M": 16, "efC": 40, "efS": ann.ef_search}))
     for nprobe in (16, 64):
         specs.append(IndexSpec("ivfpq", {"nlist": nlist, "m": dim // 8, "nprobe": nprobe}))
     return specs
 
 
 def hnsw_extrapolation(rows: list[dict[str, Any]], base_n: int) -> dict[str, Any] | None:
-    """HNSW at 10x and 100x from the measured builds: build_s = a * n * ln(n), a from the light build
-    (M=16, efC=40) at the largest measured scale (the smallest one shows how well the form fits), times
-    the shipped/light build-time ratio at 1x for the shipped params; memory = measured bytes per vector
-    times n."""
+    """HNSW at the scales of 10x and 100x not measured, from the measured builds: build_s = a * n * ln(n), a
+    from the light build (M=16, efC=40) at the largest measured scale (the smallest one shows how well the
+    form fits), times the shipped/light build-time ratio at the largest scale both were built at for the
+    shipped params; memory = bytes per vector at the largest measured build times n."""
     light = {r["scale"]: r for r in rows if r["kind"] == "hnsw" and "M=16" in r["index"]}
-    shipped = [r for r in rows if r["kind"] == "hnsw" and r["scale"] == 1 and "M=16" not in r["index"]]
+    shipped = {r["scale"]: r for r in rows if r["kind"] == "hnsw" and "M=16" not in r["index"]}
     if len(light) < 2:
         return None
     lo, hi = light[min(light)], light[max(light)]
     nlogn = lambda n: n * np.log(n)  # noqa: E731
     a = hi["build_cpu_s"] / nlogn(hi["n"])
-    ratio = shipped[0]["build_cpu_s"] / light[1]["build_cpu_s"] if shipped and 1 in light else None
+    both = max(set(shipped) & set(light), default=None)
+    ratio = shipped[both]["build_cpu_s"] / light[both]["build_cpu_s"] if both else None
     per_vec = hi["memory_mib"] * MIB / hi["n"]
-    shipped_per_vec = shipped[0]["memory_mib"] * MIB / shipped[0]["n"] if shipped else None
+    shipped_per_vec = shipped[max(shipped)]["memory_mib"] * MIB / shipped[max(shipped)]["n"] if shipped else None
+    scales = [s for s in (10, 100) if s > max(light)]
+    if not scales:
+        return None
     out: dict[str, Any] = {
         "model": f"build CPU s = a * n * ln(n), a fitted on the M=16/efC=40 build at {hi['scale']}x",
         "fit_check_scale": lo["scale"],
         "fit_check_predicted_s": round(a * nlogn(lo["n"]), 1),
         "fit_check_measured_s": lo["build_cpu_s"],
-        "shipped_over_light_build_ratio_1x": round(ratio, 2) if ratio else None,
+        "ratio_scale": both,
+        "shipped_over_light_build_ratio": round(ratio, 2) if ratio else None,
+        "scales": scales,
     }
-    for scale in (10, 100):
+    for scale in scales:
         n = base_n * scale
         light_s = a * nlogn(n)
         out[f"light_{scale}x_build_h"] = round(light_s / 3600, 2)
@@ -456,14 +462,15 @@ print("STEP_SECONDS", time.perf_counter() - t0)
 """
 
 
-def data_costs(params, scales: list[int], workdir: Path) -> tuple[list[dict[str, Any]], Path | None]:
-    """ingest, validate, split at each event-log scale; returns rows and the 1x root (for a bundle)."""
+def data_costs(params, scales: list[int], workdir: Path) -> tuple[list[dict[str, Any]], dict[int, Path]]:
+    """ingest, validate, split at each event-log scale; returns rows and each scale's HATCHERY_HOME (the 1x one
+    trains a bundle when there is none, the larger ones' splits are what `recommend_costs_at_scale` fits on)."""
     import pandas as pd
 
     from pipelines.ingest import source_files
 
     raw = pd.read_parquet(source_files("recommend", params.data.recommend))
-    rows, root1 = [], None
+    rows, roots = [], {}
     for scale in scales:
         events_dir = workdir / f"events_{scale}x"
         events_dir.mkdir(parents=True, exist_ok=True)
@@ -475,9 +482,8 @@ def data_costs(params, scales: list[int], workdir: Path) -> tuple[list[dict[str,
             rows.append({"scale": scale, "rows": len(scaled), **measure_step(step, root, events_dir)})
             log.info("%s", rows[-1])
         del scaled
-        if scale == 1:
-            root1 = root
-    return rows, root1
+        roots[scale] = root
+    return rows, roots
 
 
 def measure_step(step: str, root: Path, events_dir: Path, extra: list[str] | None = None) -> dict[str, Any]:
@@ -519,7 +525,12 @@ def recommend_costs(params, bundle: Path, users: int, k: int = 20) -> dict[str, 
 
     torch.set_num_threads(1)
     model = load_recommend_bundle(bundle)
-    rng = np.random.default_rng(params.seed)
+    return {"bundle": str(bundle), **time_scoring(model, users, params.seed, k)}
+
+
+def time_scoring(model, users: int, seed: int, k: int = 20) -> dict[str, Any]:
+    """CPU and wall seconds per 1,000 known users, one request at a time (as served) and in batches."""
+    rng = np.random.default_rng(seed)
     known = [str(u) for u in rng.choice(model.state.users, size=min(users, len(model.state.users)), replace=False)]
     model.recommend(known[0], k)  # warm-up: the cached sparse matrices
     c0, t0 = time.process_time(), time.perf_counter()
@@ -531,7 +542,6 @@ def recommend_costs(params, bundle: Path, users: int, k: int = 20) -> dict[str, 
     batch, batch_cpu = time.perf_counter() - t0, time.process_time() - c0
     per = 1000 / len(known)
     return {
-        "bundle": str(bundle),
         "users_timed": len(known),
         "known_users_in_model": len(model.state.users),
         "items": len(model.state.items),
@@ -542,6 +552,51 @@ def recommend_costs(params, bundle: Path, users: int, k: int = 20) -> dict[str, 
         "k": k,
         "threads": 1,
     }
+
+
+def recommend_costs_at_scale(params, bundle: Path, root: Path, scale: int, users: int, k: int = 20) -> dict[str, Any]:
+    """Scoring over a larger event log: `refit_model` on that log's split (under `root`, from the data section),
+    timed, then `time_scoring`. The trees cost the same whatever log they learned from; candidate generation
+    and features are what grow with the log (more users: TIFU-kNN's neighbour search, the per-user frames)."""
+    import torch
+
+    from artifacts.recommend_bundle import load_recommend_bundle
+
+    torch.set_num_threads(1)
+    served = load_recommend_bundle(bundle)
+    c0, t0 = time.process_time(), time.perf_counter()
+    model = refit_model(params, served, root)
+    fit_cpu, fit_wall = time.process_time() - c0, time.perf_counter() - t0
+    return {
+        "scale": scale,
+        "refit_cpu_s": round(fit_cpu, 1),
+        "refit_wall_s": round(fit_wall, 1),
+        **time_scoring(model, users, params.seed, k),
+    }
+
+
+def refit_model(params, served, root: Path):
+    """The served model's booster over generators and statistics refitted on the history before the test cutoff
+    of the split under `root` (item text vectors taken from the served state). The GRU user encoder is not
+    fitted: it is neither a candidate source nor a feature (README), so rankings do not depend on it."""
+    import pandas as pd
+    import torch
+
+    from components import schema as s
+    from components.recommend_model import RecommendModel
+    from pipelines.io import read_fold, read_table
+    from pipelines.train_recommend import fit_state, fold_cutoffs
+
+    paths = Paths(root=root)
+    catalog = read_table(paths.validated / "recommend", s.CATALOG)
+    position = pd.Index(served.state.items).get_indexer(catalog[s.PRODUCT_ID].astype(str))
+    if (position < 0).any():
+        raise ValueError(f"{int((position < 0).sum())} catalog items under {root} are not in the served model")
+    history, _ = read_fold(paths, "test", window=False)
+    cutoff = fold_cutoffs(paths)["test"]
+    text = served.state.text[position]
+    state = fit_state(history, catalog, text, cutoff, params, torch.device("cpu"), fit_encoder=False)
+    return RecommendModel(state, served.booster)
 
 
 def train_recommend_bundle(root: Path, events_dir: Path) -> tuple[Path, dict[str, Any]]:
@@ -608,8 +663,8 @@ def print_tables(result: dict[str, Any]) -> str:
             out.append(
                 f"\nHNSW beyond the measured builds, extrapolated: {ex['model']} (it predicts "
                 f"{ex['fit_check_predicted_s']} CPU s at {ex['fit_check_scale']}x, measured "
-                f"{ex['fit_check_measured_s']}); the shipped params cost x{ex['shipped_over_light_build_ratio_1x']} "
-                "the light build's CPU at 1x. Memory: measured bytes per vector times n.\n"
+                f"{ex['fit_check_measured_s']}); the shipped params cost x{ex['shipped_over_light_build_ratio']} "
+                f"the light build's CPU at {ex['ratio_scale']}x. Memory: measured bytes per vector times n.\n"
             )
             out.append(
                 table(
@@ -628,7 +683,7 @@ def print_tables(result: dict[str, Any]) -> str:
                             ex[f"shipped_{s}x_build_h"],
                             ex[f"shipped_{s}x_memory_gib"],
                         ]
-                        for s in (10, 100)
+                        for s in ex["scales"]
                     ],
                 )
             )
@@ -698,27 +753,34 @@ def print_tables(result: dict[str, Any]) -> str:
         )
     if result.get("recommend"):
         r = result["recommend"]
+        scaled = result.get("recommend_scaled") or []
         out.append(
-            f"\n### Recommendation scoring: the registered bundle ({r['items']:,} items, {r['known_users_in_model']:,}"
-            f" known users), k={r['k']}, one thread\n"
+            f"\n### Recommendation scoring: the registered bundle ({r['items']:,} items), k={r['k']}, one thread"
+            + (
+                "; larger logs: the generators refitted on that log's history before the test cutoff, re-ranked by "
+                "the same booster (refit CPU s in brackets)\n"
+                if scaled
+                else "\n"
+            )
         )
+        rows = []
+        for x in [{"scale": 1, **r}, *scaled]:
+            log_label = f"{x['scale']}x" + (f" (refit {x['refit_cpu_s']:,.0f} CPU s)" if "refit_cpu_s" in x else "")
+            for mode, key in (("one at a time (as served)", "online"), ("batches of 256 (rank_users)", "batch")):
+                rows.append(
+                    [
+                        log_label,
+                        x["known_users_in_model"],
+                        mode,
+                        x["users_timed"],
+                        x[f"{key}_cpu_s_per_1000_users"],
+                        x[f"{key}_s_per_1000_users"],
+                    ]
+                )
         out.append(
             table(
-                ["mode", "users timed", "CPU s per 1,000 users", "wall s per 1,000 users"],
-                [
-                    [
-                        "one request at a time (as served)",
-                        r["users_timed"],
-                        r["online_cpu_s_per_1000_users"],
-                        r["online_s_per_1000_users"],
-                    ],
-                    [
-                        "batches of 256 (rank_users)",
-                        r["users_timed"],
-                        r["batch_cpu_s_per_1000_users"],
-                        r["batch_s_per_1000_users"],
-                    ],
-                ],
+                ["event log", "known users", "mode", "users timed", "CPU s per 1,000 users", "wall s per 1,000 users"],
+                rows,
             )
         )
     runs = result.get("machine", {})
@@ -837,21 +899,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if sections & {"data", "recommend"}:
             with tempfile.TemporaryDirectory(prefix="hatchery-cost-") as tmp:
                 work = Path(tmp)
-                root1 = None
+                roots: dict[int, Path] = {}
                 if "data" in sections:
                     ev = [int(s) for s in args.event_scales.split(",")]
-                    result["data"], root1 = data_costs(params, ev, work)
+                    result["data"], roots = data_costs(params, ev, work)
                     write_json(out, result)
                 if "recommend" in sections:
                     bundle = Path(args.recommend_bundle) if args.recommend_bundle else paths.bundle("recommend")
                     if not (bundle / "manifest.json").exists() and not args.train_recommend:
                         log.warning("no recommendation bundle at %s: scoring skipped (--train-recommend)", bundle)
                     elif not (bundle / "manifest.json").exists():
-                        if root1 is None:
-                            result["data_1x"], root1 = data_costs(params, [1], work)
-                        bundle, result["train_recommend"] = train_recommend_bundle(root1, work / "events_1x")
+                        if 1 not in roots:
+                            result["data_1x"], one = data_costs(params, [1], work)
+                            roots.update(one)
+                        bundle, result["train_recommend"] = train_recommend_bundle(roots[1], work / "events_1x")
                     if (bundle / "manifest.json").exists():
                         result["recommend"] = recommend_costs(params, bundle, args.users)
+                        # the larger logs of the data section, scored with the same ranker
+                        result["recommend_scaled"] = [
+                            recommend_costs_at_scale(params, bundle, root, scale, args.users)
+                            for scale, root in sorted(roots.items())
+                            if scale > 1
+                        ]
+                        write_json(out, result)
     result["total_s"] = round(time.perf_counter() - started, 1)
     result["machine"]["load_avg_end"] = os.getloadavg()
     result["tables"] = print_tables(result)

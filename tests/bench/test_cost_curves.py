@@ -68,7 +68,8 @@ def test_hnsw_extrapolation_is_n_log_n():
     ex = cc.hnsw_extrapolation(rows, base_n=1000)
     a = 60.0 / (10000 * np.log(10000))
     assert ex["light_100x_build_h"] == round(a * 100_000 * np.log(100_000) / 3600, 2)
-    assert ex["shipped_over_light_build_ratio_1x"] == 4.0
+    assert ex["shipped_over_light_build_ratio"] == 4.0 and ex["ratio_scale"] == 1 and ex["scales"] == [100]
+    assert "light_10x_build_h" not in ex  # measured there: nothing to extrapolate
     assert ex["light_100x_memory_gib"] == round(10.0 * cc.MIB / 10000 * 100_000 / cc.GIB, 2)
 
 

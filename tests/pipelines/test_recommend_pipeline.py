@@ -120,3 +120,19 @@ def test_register_is_idempotent_and_bench_runs(trained):
     assert len(pred) == 5 and set(pred["source"]) <= {"ranker", "popular"}
     result = bench_recommend.run(params, paths)
     assert result["recommend_known_user"]["median_ms"] > 0
+
+
+@pytest.mark.slow
+def test_cost_curve_refit_scores_like_the_bundle(trained):
+    """bench.cost_curves scores larger event logs by refitting the generators on that log and re-ranking with
+    the bundle's booster; on the bundle's own log the refit must rank every user as the bundle does."""
+    from bench import cost_curves
+
+    params, paths, _, _ = trained
+    bundle = load_recommend_bundle(paths.models / "recommend" / "bundle")
+    row = cost_curves.recommend_costs_at_scale(params, paths.models / "recommend" / "bundle", paths.root, 1, 20)
+    assert row["known_users_in_model"] == len(bundle.state.users) and row["users_timed"] == 20
+    assert row["online_cpu_s_per_1000_users"] > 0 and row["refit_cpu_s"] >= 0
+    refit = cost_curves.refit_model(params, bundle, paths.root)
+    users = [str(u) for u in bundle.state.users[:30]]
+    assert refit.rank_users(users, 10) == bundle.rank_users(users, 10)
