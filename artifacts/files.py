@@ -91,7 +91,7 @@ def read_json(path: Path) -> Any:
 def append_jsonl(
     path: Path, record: dict[str, Any], durable: bool = False, max_bytes: int | None = None, keep: int = 0
 ) -> None:
-    """Append one JSON line (O_APPEND: whole lines from several writers never interleave).
+    """Append one JSON line (O_APPEND, one write(): whole lines from several writers never interleave).
 
     durable: fsync before returning (an audit trail must survive a crash; a request log need not).
     max_bytes: past this size the file is rotated after the write (rotate_jsonl; `keep` old files).
@@ -99,13 +99,21 @@ def append_jsonl(
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(record, default=str) + "\n"
-    with path.open("a") as fh:
-        fh.write(line)
-        fh.flush()  # inside the block: a full disk raises here, where the caller sees it
+    data = (json.dumps(record, default=str) + "\n").encode()
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            # The last write was cut short (a full disk): end that fragment, so this line parses on its own.
+            data = b"\n" + data
+        written = 0
+        while written < len(data):  # one write() unless the disk fills: then the next one raises ENOSPC
+            written += os.write(fd, data[written:])
         if durable:
-            os.fsync(fh.fileno())
-        size = fh.tell()
+            os.fsync(fd)
+        size = os.fstat(fd).st_size
+    finally:
+        os.close(fd)
     if max_bytes is not None and size > max_bytes:
         rotate_jsonl(path, max_bytes, keep)
 

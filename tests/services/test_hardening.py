@@ -353,6 +353,26 @@ def _fill(path: Path) -> None:
         os.close(fd)
 
 
+def test_a_line_cut_short_by_a_full_disk_does_not_swallow_the_next_one(tmp_path) -> None:
+    """tmpfs takes a write up to the end of the file's last page, then says ENOSPC: a fragment stays.
+
+    The first line after space comes back used to be glued to that fragment and never parsed again (CI
+    saw `requests()` come back empty after a full disk). The next append ends the fragment first.
+    """
+    with _tmpfs(tmp_path / "disk", "64k") as disk:
+        log_file = disk / "requests.jsonl"
+        append_jsonl(log_file, {"i": 0, "pad": "x" * (4096 - 120)})  # the page nearly full
+        _fill(disk / "filler")
+        with pytest.raises(OSError) as exc:
+            append_jsonl(log_file, {"i": 1, "pad": "y" * 400})
+        assert exc.value.errno == errno.ENOSPC
+        assert not log_file.read_bytes().endswith(b"\n")  # a real fragment: the test means something
+        (disk / "filler").unlink()
+        append_jsonl(log_file, {"i": 2})
+        append_jsonl(log_file, {"i": 3})
+        assert [r["i"] for r in read_rotated_jsonl(log_file, keep=0)] == [0, 2, 3]
+
+
 def test_a_real_full_tmpfs_fails_no_answer_over_http(tmp_path, monkeypatch) -> None:
     """The rollout logs on a 64 KiB tmpfs filled to the last byte: every request still answers 200."""
     from starlette.testclient import TestClient
