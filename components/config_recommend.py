@@ -105,9 +105,10 @@ class FeedbackEventsParams(Frozen):
 class RecommendParams(Frozen):
     """Recommendation models: baselines, generators, re-ranker, and the CPU/GPU profile switch.
 
-    The ranker learns from a fold whose label window precedes the evaluated one: for the valid
-    number, history before valid_cutoff - selection_window_days with the next selection_window_days as
-    labels; for the test number, the valid fold (history before T_valid, labels [T_valid, T)).
+    The ranker learns from folds whose label windows precede the evaluated one: for the valid
+    number, `ranker_folds` monthly folds (history before valid_cutoff - j * selection_window_days, the
+    next selection_window_days as labels); for the test number, those plus the valid fold (history
+    before T_valid, labels [T_valid, T)). Folds reaching back before the history are skipped.
     """
 
     profile: Literal["cpu", "gpu"] = "cpu"
@@ -131,8 +132,9 @@ class RecommendParams(Frozen):
     )
     selection_window_days: int = Field(31, ge=1)
     # Monthly folds (selection_window_days each) before the valid cutoff that the valid-number ranker
-    # learns from; the served ranker learns from them plus the valid fold.
-    ranker_folds: int = Field(1, ge=1)
+    # learns from; the served ranker learns from them plus the valid fold. A fold with fewer than two
+    # users who bought before and inside its window (a short history) is skipped, with a warning.
+    ranker_folds: int = Field(6, ge=1)
     feedback_events: FeedbackEventsParams = FeedbackEventsParams()
     bench_users: int = Field(200, ge=1)
 

@@ -5,10 +5,11 @@ statistics with repeat-aware signals (TIFU-kNN vectors, time-decayed counts, bas
 purchase, "due to buy again" ratios), item statistics and the fitted generators (TIFU-kNN, EASE, item
 kNN, BPR matrix factorisation, the GRU user encoder over text-based item vectors). `candidate_features`
 then produces, for a batch of users, the candidate items (own history + each generator's top-n +
-recent popularity) and one feature row per (user, candidate). Training, offline evaluation and serving
-all call these same two functions. The GRU encoder is neither a feature nor, by default
-(`candidates.encoder: 0`), a candidate source: alone it ranks below item-kNN; its vectors serve
-`similar` and the user profiles.
+recent popularity) and one feature row per (user, candidate), among them the title similarity of the
+candidate to the user's purchases and whether the item still sells (days since anyone bought it).
+Training, offline evaluation and serving all call these same two functions. The GRU encoder is
+neither a feature nor, by default (`candidates.encoder: 0`), a candidate source: alone it ranks below
+item-kNN; its vectors serve `similar` and the user profiles.
 
 Times are days before `as_of` (the cutoff), so a state fitted on an earlier fold yields features on
 the same scale as one fitted on the latest data.
@@ -88,6 +89,14 @@ FEATURES = (
     "knn_rank",
     "mf_score",
     "mf_rank",
+    "text_sim_tifu",
+    "text_sim_decayed",
+    "text_sim_recent_max",
+    "text_sim_all_max",
+    "item_days_since_sale",
+    "item_buyers_7d",
+    "item_buyers_14d",
+    "item_rebuyers_30d",
 )
 
 
@@ -149,6 +158,9 @@ class RecState:
 
         item_repeat_rate: share of an item's buyers who bought it in two or more baskets (NaN: no buyer).
         item_interval: median over those repeat buyers of their mean days between two baskets of it.
+        item_days_since_sale: days since anyone last bought it (NaN: no one); item_buyers_7d/_14d:
+        buyers whose last purchase of it is that recent; item_rebuyers_30d: of those within 30 days,
+        the ones who bought it in two or more baskets.
         user_repeat_ratio: share of the user's (basket, item) pairs whose item was bought in an earlier
         basket; user_basket_size: distinct items per basket; user_interval: mean days between baskets
         (NaN for one basket); user_due: days since the last basket / user_interval.
@@ -166,7 +178,16 @@ class RecState:
             user_interval = np.where(
                 n_baskets > 1, (st["first_days"] - st["last_days"]).to_numpy() / np.maximum(n_baskets - 1, 1), np.nan
             )
+            item, last = ui["item"].to_numpy(), ui["last_days"].to_numpy()
+
+            def buyers_within(days: float, mask: np.ndarray | bool = True) -> np.ndarray:
+                return np.bincount(item, weights=(last <= days) & mask, minlength=n_items).astype(np.float32)
+
             self._derived.update(
+                item_days_since_sale=pd.Series(last).groupby(item).min().reindex(range(n_items)).to_numpy(np.float32),
+                item_buyers_7d=buyers_within(7.0),
+                item_buyers_14d=buyers_within(14.0),
+                item_rebuyers_30d=buyers_within(30.0, repeat),
                 item_repeat_rate=np.where(buyers > 0, repeaters / np.maximum(buyers, 1), np.nan).astype(np.float32),
                 item_interval=interval.to_numpy(np.float32),
                 user_repeat_ratio=(1.0 - st["items"].to_numpy() / np.maximum(pairs, 1)).astype(np.float32),
@@ -175,6 +196,12 @@ class RecState:
                 user_due=(st["last_days"].to_numpy() / np.maximum(user_interval, 1.0)).astype(np.float32),
             )
         return self._derived
+
+    def unit_text(self) -> np.ndarray:
+        """The items' text vectors scaled to unit length (zero rows stay zero: items without a title)."""
+        if "_unit_text" not in self._derived:
+            self._derived["_unit_text"] = _unit(self.text.astype(np.float32))
+        return self._derived["_unit_text"]
 
     def ease_matrix(self) -> np.ndarray:
         """EASE item-item weights (n_items, n_items) over the users' binary purchases, built once.
@@ -359,6 +386,38 @@ def fit_rec_state(
     )
 
 
+def _unit(m: np.ndarray) -> np.ndarray:
+    return m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
+
+
+def _profile_similarity(weights: sp.csr_matrix, text: np.ndarray, r_idx: np.ndarray, i_idx: np.ndarray) -> np.ndarray:
+    """Cosine between each candidate's text vector and its user's weighted mean of bought items' vectors.
+
+    weights: (len(rows), n_items) per-user item weights (TIFU vector, decayed counts); r_idx indexes its rows.
+    """
+    profiles = _unit(np.asarray(weights @ text, dtype=np.float32))
+    return np.einsum("ij,ij->i", profiles[r_idx], text[i_idx])
+
+
+def _nearest_similarity(items: sp.csr_matrix, text: np.ndarray, r_idx: np.ndarray, i_idx: np.ndarray) -> np.ndarray:
+    """Highest cosine between each candidate's text vector and another item of its user's set (NaN: none).
+
+    items: (len(rows), n_items) CSR whose non-zeros are each user's set; r_idx ascending (candidate order).
+    """
+    out = np.full(len(r_idx), np.nan, dtype=np.float32)
+    starts = np.searchsorted(r_idx, np.arange(items.shape[0] + 1))
+    for j in range(items.shape[0]):
+        lo, hi = starts[j], starts[j + 1]
+        others = items.indices[items.indptr[j] : items.indptr[j + 1]]
+        if lo == hi or not len(others):
+            continue
+        sim = text[i_idx[lo:hi]] @ text[others].T
+        sim[i_idx[lo:hi, None] == others[None, :]] = -np.inf  # an item is not its own neighbour
+        best = sim.max(axis=1)
+        out[lo:hi] = np.where(np.isfinite(best), best, np.nan)
+    return out
+
+
 def _neighbour_lists(sim: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Dense (n, k) neighbour positions (-1 padded) and similarities from a top-k sparse matrix."""
     n = sim.shape[0]
@@ -480,6 +539,7 @@ def candidate_features(state: RecState, rows: np.ndarray) -> tuple[np.ndarray, n
     user_qty = pu["quantity"].to_numpy(np.float64)
     avg_price = np.where(user_qty > 0, user_spend / np.maximum(user_qty, 1e-9), np.nan)
     price = state.item_price[i_idx]
+    text = state.unit_text()
 
     feats = {
         "own_baskets": baskets,
@@ -519,6 +579,15 @@ def candidate_features(state: RecState, rows: np.ndarray) -> tuple[np.ndarray, n
         "knn_rank": pick(_ranks(scores["knn"])),
         "mf_score": pick(scores["mf"]),
         "mf_rank": pick(_ranks(scores["mf"])),
+        # Content: how close the candidate's title is to what the user buys (profile) and to single items.
+        "text_sim_tifu": _profile_similarity(state.stat("tifu")[rows], text, r_idx, i_idx),
+        "text_sim_decayed": _profile_similarity(state.stat("decayed")[rows], text, r_idx, i_idx),
+        "text_sim_recent_max": _nearest_similarity(state.recent_matrix()[rows], text, r_idx, i_idx),
+        "text_sim_all_max": _nearest_similarity(state.stat("baskets")[rows], text, r_idx, i_idx),
+        # Whether the item still sells: a discontinued product is not bought again, however due.
+        **{
+            f: der[f][i_idx] for f in ("item_days_since_sale", "item_buyers_7d", "item_buyers_14d", "item_rebuyers_30d")
+        },
     }
     x = np.column_stack([np.asarray(feats[f], dtype=np.float32) for f in FEATURES])
     return rows[r_idx], i_idx, x

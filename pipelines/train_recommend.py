@@ -45,6 +45,7 @@ from pipelines.io import read_fold, read_table
 log = logging.getLogger(__name__)
 
 STEP = "train_recommend"
+MIN_FOLD_USERS = 2  # a ranker fold needs two users (one held out for early stopping)
 
 
 def fold_cutoffs(paths: Paths) -> dict[str, pd.Timestamp]:
@@ -194,21 +195,40 @@ def run(params: Params, paths: Paths) -> dict:
         # Selection folds, oldest first: history before T_valid - j * window, labels the next window
         # (j = ranker_folds .. 1). They only supply ranker rows, so their states skip the GRU encoder.
         window = timedelta(days=rp.selection_window_days)
-        folds, cutoffs = [], []
+        folds, cutoffs, skipped = [], [], []
         for j in range(rp.ranker_folds, 0, -1):
             sel_cut = cut["valid"] - j * window
             when = hist_v[s.TIMESTAMP]
             early, late = hist_v.loc[when < sel_cut], hist_v.loc[(when >= sel_cut) & (when < sel_cut + window)]
+            targets = evaluation_targets(early, late)
+            if len(targets) < MIN_FOLD_USERS:  # a history shorter than the folds asked for
+                skipped.append(str(sel_cut))
+                continue
             state = fit_state(early, catalog, text, sel_cut, params, device, deadline, fit_encoder=False)
-            folds.append((state, evaluation_targets(early, late)))
+            folds.append((state, targets))
             cutoffs.append(str(sel_cut))
+        if skipped:
+            log.warning(
+                "%d of %d ranker folds skipped (fewer than %d users with history before and purchases in the "
+                "window): cutoffs %s",
+                len(skipped),
+                rp.ranker_folds,
+                MIN_FOLD_USERS,
+                ", ".join(skipped),
+            )
+        if not folds:
+            raise ValueError(
+                f"no ranker fold has {MIN_FOLD_USERS} users who bought before and inside a "
+                f"{rp.selection_window_days}-day window before the valid cutoff {cut['valid']}: the history is "
+                "too short for recommend.selection_window_days"
+            )
         booster_sel, info_sel = train_rec_ranker(folds, rp.ranker, params.seed, stop_boosting)
         t = lap("selection_fold", t)
 
         state_v = fit_state(hist_v, catalog, text, cut["valid"], params, device, deadline)
         targets_v = evaluation_targets(hist_v, win_v)
         selection["valid"].update(score_model(RecommendModel(state_v, booster_sel), targets_v))
-        selection["selection_fold"] = {"cutoffs": cutoffs, **info_sel}
+        selection["selection_fold"] = {"cutoffs": cutoffs, "skipped_cutoffs": skipped, **info_sel}
         # The served ranker learns from every fold before T (never the test window): more users and
         # more moments in time; the valid number above comes from the selection folds alone.
         booster, info = train_rec_ranker([*folds, (state_v, targets_v)], rp.ranker, params.seed, stop_boosting)

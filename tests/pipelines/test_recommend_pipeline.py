@@ -41,7 +41,9 @@ def trained(tmp_path_factory, online_retail_raw):
     mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
     paths = Paths(root=root)
     counts = write_recommend_slice(online_retail_raw, paths)
-    params = load_params(overrides=TINY)
+    # 12 monthly ranker folds before the valid cutoff (2011-10-09) reach back before the first purchase
+    # (2010-12-01): the earliest are skipped, not fitted on an empty history.
+    params = load_params(overrides={**TINY, "recommend.ranker_folds": 12})
     selection = train_recommend.run(params, paths)
     yield params, paths, selection, counts
     mp.undo()
@@ -68,6 +70,29 @@ def test_train_writes_a_loadable_bundle(trained):
     # A state fitted on history before T never sees the test window.
     hist = pd.read_parquet(paths.split / "recommend" / "test" / "history.parquet")
     assert pd.Timestamp(manifest["as_of"]) > hist["timestamp"].max()
+
+
+@pytest.mark.slow
+def test_ranker_folds_before_the_history_begins_are_skipped_and_said(trained, caplog):
+    _, paths, selection, _ = trained
+    folds = selection["selection_fold"]
+    first_purchase = pd.read_parquet(paths.split / "recommend" / "valid" / "history.parquet")["timestamp"].min()
+    assert folds["skipped_cutoffs"] and all(pd.Timestamp(c) <= first_purchase for c in folds["skipped_cutoffs"])
+    assert folds["ranker_folds"] == len(folds["cutoffs"]) == 12 - len(folds["skipped_cutoffs"]) >= 6
+    assert all(pd.Timestamp(c) > first_purchase for c in folds["cutoffs"])
+
+
+@pytest.mark.slow
+def test_a_history_too_short_for_any_ranker_fold_stops_with_the_reason(tmp_path, online_retail_raw, monkeypatch):
+    from artifacts.paths import Paths
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    paths = Paths(root=tmp_path)
+    write_recommend_slice(online_retail_raw, paths)
+    params = load_params(overrides={**TINY, "recommend.selection_window_days": 400, "recommend.ranker_folds": 1})
+    with pytest.raises(ValueError, match="no ranker fold has 2 users .* 400-day window"):
+        train_recommend.run(params, paths)
+    assert not (paths.models / "recommend" / "bundle").exists()  # nothing half-written
 
 
 @pytest.mark.slow

@@ -197,3 +197,30 @@ def test_fit_without_encoder_leaves_zero_vectors_and_the_same_features():
     a, b = candidate_features(with_enc, rows), candidate_features(without, rows)
     for x, y in zip(a, b, strict=True):
         np.testing.assert_array_equal(x, y)  # the encoder is no candidate source (SMALL.encoder=0) nor feature
+
+
+def test_title_similarity_and_still_selling_features_hand_computed():
+    st = fit(candidates=SMALL.model_copy(update={"recent_baskets": 1}))
+    der = st.derived()
+    item = {p: i for i, p in enumerate(st.items)}
+    # a: ann last bought it Mar 1 (31 days before Apr 1), eve Mar 2 (30); e: cat Mar 10 and Mar 20 (12).
+    assert der["item_days_since_sale"][item["a"]] == pytest.approx(30) and np.isnan(der["item_days_since_sale"][-1])
+    assert (der["item_buyers_7d"][item["e"]], der["item_buyers_14d"][item["e"]]) == (0, 1)
+    assert der["item_rebuyers_30d"][item["e"]] == 1  # cat, two baskets, the last within 30 days
+    assert der["item_rebuyers_30d"][item["a"]] == 0  # eve bought it once; ann's repeat ended 31 days ago
+    assert der["item_buyers_14d"][item["a"]] == 0 and der["item_buyers_7d"][item["a"]] == 0
+
+    ann = rows_of(st, ["ann"])
+    cand_rows, cand_items, x = candidate_features(st, ann)
+    f = {st.items[i]: dict(zip(FEATURES, row, strict=True)) for i, row in zip(cand_items, x, strict=True)}
+    unit = shop_text(len(shop_catalog()))  # already unit length, catalog order = item order (a..g, z)
+    tifu = st.stat("tifu")[ann].toarray()[0]
+    profile = tifu @ unit / np.linalg.norm(tifu @ unit)
+    for p, row in f.items():
+        assert row["text_sim_tifu"] == pytest.approx(float(unit[item[p]] @ profile), abs=1e-5)
+        others = [o for o in "abc" if o != p]  # ann bought a, b, c; an item is not its own neighbour
+        assert row["text_sim_all_max"] == pytest.approx(max(float(unit[item[p]] @ unit[item[o]]) for o in others))
+        assert row["item_days_since_sale"] == der["item_days_since_sale"][item[p]]
+    # Ann's last basket holds a alone: a has no other recent item to resemble; b is compared with a.
+    assert np.isnan(f["a"]["text_sim_recent_max"])
+    assert f["b"]["text_sim_recent_max"] == pytest.approx(float(unit[item["b"]] @ unit[item["a"]]))
