@@ -529,14 +529,18 @@ def measure_step(step: str, root: Path, events_dir: Path, extra: list[str] | Non
 
 
 # --- recommendation scoring -------------------------------------------------------------------------------------
-def recommend_costs(params, bundle: Path, users: int, k: int = 20) -> dict[str, Any]:
+def load_served(bundle: Path):
+    """The recommendation bundle every scoring row times, loaded once (torch on one thread, as served)."""
     import torch
 
     from artifacts.recommend_bundle import load_recommend_bundle
 
     torch.set_num_threads(1)
-    model = load_recommend_bundle(bundle)
-    return {"bundle": str(bundle), **time_scoring(model, users, params.seed, k)}
+    return load_recommend_bundle(bundle)
+
+
+def recommend_costs(params, served, bundle: Path, users: int, k: int = 20) -> dict[str, Any]:
+    return {"bundle": str(bundle), **time_scoring(served, users, params.seed, k)}
 
 
 def time_scoring(model, users: int, seed: int, k: int = 20) -> dict[str, Any]:
@@ -565,16 +569,11 @@ def time_scoring(model, users: int, seed: int, k: int = 20) -> dict[str, Any]:
     }
 
 
-def recommend_costs_at_scale(params, bundle: Path, root: Path, scale: int, users: int, k: int = 20) -> dict[str, Any]:
+def recommend_costs_at_scale(params, served, root: Path, scale: int, users: int, k: int = 20) -> dict[str, Any]:
     """Scoring over a larger event log: `refit_model` on that log's split (under `root`, from the data section),
     timed, then `time_scoring`. The trees cost the same whatever log they learned from; candidate generation
-    and features are what grow with the log (more users: TIFU-kNN's neighbour search, the per-user frames)."""
-    import torch
-
-    from artifacts.recommend_bundle import load_recommend_bundle
-
-    torch.set_num_threads(1)
-    served = load_recommend_bundle(bundle)
+    and features are what grow with the log (more users: TIFU-kNN's neighbour search, the per-user frames).
+    served: the loaded bundle (`load_served`): its booster and item text vectors."""
     c0, t0 = time.process_time(), time.perf_counter()
     model = refit_model(params, served, root)
     fit_cpu, fit_wall = time.process_time() - c0, time.perf_counter() - t0
@@ -927,10 +926,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             roots.update(one)
                         bundle, result["train_recommend"] = train_recommend_bundle(roots[1], work / "events_1x")
                     if (bundle / "manifest.json").exists():
-                        result["recommend"] = recommend_costs(params, bundle, args.users)
+                        served = load_served(bundle)
+                        result["recommend"] = recommend_costs(params, served, bundle, args.users)
                         # the larger logs of the data section, scored with the same ranker
                         result["recommend_scaled"] = [
-                            recommend_costs_at_scale(params, bundle, root, scale, args.users)
+                            recommend_costs_at_scale(params, served, root, scale, args.users)
                             for scale, root in sorted(roots.items())
                             if scale > 1
                         ]

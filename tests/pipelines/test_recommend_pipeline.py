@@ -154,8 +154,8 @@ def test_cost_curve_refit_scores_like_the_bundle(trained):
     from bench import cost_curves
 
     params, paths, _, _ = trained
-    bundle = load_recommend_bundle(paths.models / "recommend" / "bundle")
-    row = cost_curves.recommend_costs_at_scale(params, paths.models / "recommend" / "bundle", paths.root, 1, 20)
+    bundle = cost_curves.load_served(paths.models / "recommend" / "bundle")
+    row = cost_curves.recommend_costs_at_scale(params, bundle, paths.root, 1, 20)
     assert row["known_users_in_model"] == len(bundle.state.users) and row["users_timed"] == 20
     assert row["online_cpu_s_per_1000_users"] > 0 and row["refit_cpu_s"] >= 0
     refit = cost_curves.refit_model(params, bundle, paths.root)
