@@ -674,7 +674,9 @@ def print_tables(result: dict[str, Any]) -> str:
                 f"\nHNSW beyond the measured builds, extrapolated: {ex['model']} (it predicts "
                 f"{ex['fit_check_predicted_s']} CPU s at {ex['fit_check_scale']}x, measured "
                 f"{ex['fit_check_measured_s']}); the shipped params cost x{ex['shipped_over_light_build_ratio']} "
-                f"the light build's CPU at {ex['ratio_scale']}x. Memory: measured bytes per vector times n.\n"
+                f"the light build's CPU at {ex['ratio_scale']}x. Memory: measured bytes per vector times n. Both "
+                "are floors: while building, an index also holds buffers the finished one does not (docs/scaling.md: "
+                "a shipped-params build at 100x outgrew 24 GiB and its fitted time).\n"
             )
             out.append(
                 table(
