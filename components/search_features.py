@@ -8,6 +8,7 @@ come from TRAIN judgments only; for the ranker's own training rows they are comp
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -37,7 +38,15 @@ FEATURE_NAMES: tuple[str, ...] = (
     "prior_mean_gain",  # mean gain (data.search.relevance) of those judgments; NaN if none
     "prior_max_gain",
     "price",  # product attribute where present, else NaN
+    # Forgiving matches: shoppers misspell, cut words short and switch singular/plural.
+    "stem_overlap",  # share of the query's stems (light suffix strip, `stem`) among the text's stems
+    "prefix_overlap",  # share of query tokens whose first PREFIX letters begin a token of the text
+    "bigram_overlap",  # share of the query's adjacent token pairs adjacent in the text; NaN: one token
+    "first_token_match",  # the query's first token is in the text
+    "last_stem_match",  # the query's last token (the product type) matches a text token's stem
 )
+PREFIX = 4  # letters compared by prefix_overlap (tokens shorter than this compare whole)
+TEXT_VIEWS_CACHED = 2**15  # product texts whose token views stay cached (~1.5 KB each)
 
 # Every feature belongs to one group, named after where its signal comes from (its provenance). The
 # ranker is trained on the groups search.ranker.feature_groups names; a model without
@@ -56,6 +65,11 @@ FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
         "last_token_match",
         "numeric_overlap",
         "price",
+        "stem_overlap",
+        "prefix_overlap",
+        "bigram_overlap",
+        "first_token_match",
+        "last_stem_match",
     ),
     # train-split relevance judgments: product priors and the judgment-expanded BM25 document. On
     # this data they also say which products sit in the judged pools (unjudged = gain 0), so their
@@ -144,6 +158,39 @@ def text_token_sets(texts: Sequence[str]) -> list[frozenset[str]]:
     return [frozenset(tokenize(t)) for t in texts]
 
 
+_ES_AFTER = ("ches", "shes", "sses", "xes")
+
+
+def stem(token: str) -> str:
+    """A light English suffix strip, the same for query and text: drills/drill, batteries/battery,
+    boxes/box, strings/string, lighting/light, painted/paint. The plural goes first, then -ing/-ed,
+    so a word and its plural always meet. No dictionary: it only has to make both sides agree."""
+    if len(token) > 4 and token.endswith("ies"):
+        token = token[:-3] + "y"
+    elif token.endswith(_ES_AFTER):
+        token = token[:-2]
+    elif len(token) > 3 and token.endswith("s") and not token.endswith(("ss", "us", "is")):
+        token = token[:-1]
+    if len(token) > 5 and token.endswith("ing"):
+        return token[:-3]
+    if len(token) > 5 and token.endswith("ed"):
+        return token[:-2]
+    return token
+
+
+@functools.lru_cache(maxsize=TEXT_VIEWS_CACHED)
+def _text_views(text: str) -> tuple[frozenset[str], frozenset[str], frozenset[str], frozenset[tuple[str, str]]]:
+    """(tokens, stems, PREFIX-letter prefixes, adjacent token pairs) of one product text, cached: a
+    catalog's popular products recur in every query's candidates."""
+    tokens = tokenize(text)
+    return (
+        frozenset(tokens),
+        frozenset(stem(t) for t in tokens),
+        frozenset(t[:PREFIX] for t in tokens),
+        frozenset(zip(tokens, tokens[1:], strict=False)),
+    )
+
+
 def pair_features(
     query: str,
     cand: np.ndarray,
@@ -155,13 +202,15 @@ def pair_features(
     title_lengths: np.ndarray,
     priors: ProductPriors,
     price: np.ndarray | None,
+    texts: Sequence[str],
 ) -> np.ndarray:
     """Feature matrix (len(cand), len(FEATURE_NAMES)) float32 for one query's candidates.
 
     bm25 and bm25_expanded are the query's scores over the WHOLE catalog (for the relative features);
     dense holds the cosines of the candidates only, in cand order; dense_best is the query's top
     cosine over the catalog (a per-query constant, so a pair's features never depend on which
-    other products are scored with it).
+    other products are scored with it). texts: the product texts (catalog order) the forgiving
+    matches read; a query without tokens has none (0, bigram_overlap NaN).
     """
     m = len(cand)
     x = np.zeros((m, len(FEATURE_NAMES)), dtype=np.float32)
@@ -179,6 +228,9 @@ def pair_features(
     x[:, 5] = dense - dense_best
     x[:, 6] = len(qt)
     x[:, 7] = title_lengths[cand]
+    q_stems = {stem(t) for t in qt}
+    q_prefixes = [t[:PREFIX] for t in qt]
+    q_pairs = list(zip(qt, qt[1:], strict=False))
     for r, c in enumerate(cand):
         ts = token_sets[c]
         hit = len(qset & ts)
@@ -186,6 +238,15 @@ def pair_features(
         x[r, 9] = float(bool(qset) and hit == len(qset))
         x[r, 10] = float(bool(qt) and qt[-1] in ts)
         x[r, 11] = len(numbers & ts) / len(numbers) if numbers else np.nan
+        if qt:
+            tokens, stems, prefixes, pairs = _text_views(texts[c])
+            x[r, 16] = len(q_stems & stems) / len(q_stems)
+            x[r, 17] = sum(p in prefixes for p in q_prefixes) / len(qt)
+            x[r, 18] = sum(p in pairs for p in q_pairs) / len(q_pairs) if q_pairs else np.nan
+            x[r, 19] = float(qt[0] in tokens)
+            x[r, 20] = float(stem(qt[-1]) in stems)
+    if not qt:
+        x[:, 18] = np.nan
     x[:, 12] = priors.count[cand]
     x[:, 13] = priors.mean_gain[cand]
     x[:, 14] = priors.max_gain[cand]

@@ -22,6 +22,7 @@ from components.search_features import (
     pair_features,
     product_priors,
     rrf_merge,
+    stem,
     text_token_sets,
 )
 
@@ -64,6 +65,7 @@ def _features(catalog, query, cand, priors=None, dense=None):
         lengths,
         priors or ProductPriors.empty(len(titles)),
         None,
+        titles,
     )
 
 
@@ -91,6 +93,48 @@ def test_overlap_and_matches_exact_values(catalog) -> None:
     assert x[0, col["all_tokens_match"]] == 1 and x[0, col["numeric_overlap"]] == 1
     assert x[0, col["bm25_rel"]] == pytest.approx(1.0)  # p1 is the best BM25 match
     assert x[0, col["query_tokens"]] == 2 and x[0, col["title_tokens"]] == 3
+
+
+def test_forgiving_matches_meet_plurals_misspellings_and_word_order(catalog) -> None:
+    col = {n: i for i, n in enumerate(FEATURE_NAMES)}
+    # p1 "cordless drill 18v", p2 "drill bit set", p3 "garden hose 50 ft", p4 "" (no text)
+    x = _features(catalog, "cordles drills", [0, 1, 2, 3])
+    np.testing.assert_allclose(x[:, col["overlap"]], [0, 0, 0, 0])  # no exact token in common
+    np.testing.assert_allclose(x[:, col["stem_overlap"]], [0.5, 0.5, 0, 0])  # drills -> drill
+    np.testing.assert_allclose(x[:, col["prefix_overlap"]], [1.0, 0.5, 0, 0])  # "cord", "dril"
+    np.testing.assert_allclose(x[:, col["last_stem_match"]], [1, 1, 0, 0])
+    np.testing.assert_allclose(x[:, col["first_token_match"]], [0, 0, 0, 0])
+    x = _features(catalog, "drill bit", [0, 1])
+    np.testing.assert_allclose(x[:, col["bigram_overlap"]], [0, 1])  # adjacent, in order, in p2 only
+    np.testing.assert_allclose(x[:, col["first_token_match"]], [1, 1])
+    assert np.isnan(_features(catalog, "hoses", [2])[0, col["bigram_overlap"]])  # one token: no pair
+    assert _features(catalog, "hoses", [2])[0, col["stem_overlap"]] == 1
+    empty = _features(catalog, "!!!", [0])
+    assert empty[0, col["stem_overlap"]] == 0 and np.isnan(empty[0, col["bigram_overlap"]])
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("drills", "drill"),
+        ("batteries", "battery"),
+        ("boxes", "box"),
+        ("inches", "inch"),
+        ("lighting", "light"),
+        ("painted", "paint"),
+        ("glasses", "glass"),
+        ("hoses", "hose"),
+        ("strings", "string"),
+        ("ceilings", "ceiling"),
+    ],
+)
+def test_stem_makes_common_inflections_meet(a, b) -> None:
+    assert stem(a) == stem(b)
+
+
+@pytest.mark.parametrize("word", ["glass", "bus", "axis", "led", "bed", "hose", "gas"])
+def test_stem_leaves_short_words_and_non_plurals_alone(word) -> None:
+    assert stem(word) == word
 
 
 def test_dense_gap_is_relative_to_the_query_best(catalog) -> None:
