@@ -31,8 +31,9 @@ _STOP = frozenset("set of and the with for in to pack box large small mini assor
 class RecommendModel:
     """A fitted RecState plus a LambdaRank booster over its candidate features.
 
-    booster: a lightgbm.Booster trained on FEATURES (None = rank candidates by own history, then kNN:
-    only used before a ranker exists, e.g. in unit tests).
+    booster: a lightgbm.Booster over FEATURES or, in a bundle trained before features were added, over
+        the subset it was trained on (in FEATURES' order); None ranks candidates by own history, then
+        kNN (only before a ranker exists, e.g. in unit tests).
     profiles: optional frame of user profiles (see `user_profiles`), indexed by user id.
     """
 
@@ -40,8 +41,11 @@ class RecommendModel:
         self.state = state
         self.booster = booster
         self.profiles = profiles
-        if booster is not None and list(booster.feature_name()) != list(FEATURES):
-            raise ValueError(f"ranker features {booster.feature_name()} differ from {list(FEATURES)}")
+        # A booster trained before features were added reads its own columns: FEATURES only grows at the end.
+        names = list(booster.feature_name()) if booster is not None else list(FEATURES)
+        if names != [f for f in FEATURES if f in names] or not set(names) <= set(FEATURES):
+            raise ValueError(f"ranker features {names} are not a subset of {list(FEATURES)} in its order")
+        self._columns = None if names == list(FEATURES) else np.array([FEATURES.index(f) for f in names])
         # Fallback order: recent buyers, then all-time buyers, then item id (np.lexsort: last key first).
         order = np.lexsort((np.arange(len(state.items)), -state.item_buyers, -state.item_buyers_recent))
         self.popular = order[state.rankable[order]]
@@ -57,7 +61,8 @@ class RecommendModel:
         k = min(k, len(self.popular))
         cand_rows, cand_items, x = candidate_features(self.state, rows)
         if self.booster is not None:
-            score = self.booster.predict(x, num_threads=1).astype(np.float32)
+            cols = x if self._columns is None else x[:, self._columns]
+            score = self.booster.predict(cols, num_threads=1).astype(np.float32)
         else:
             own = x[:, FEATURES.index("own_baskets")]
             score = (own + x[:, FEATURES.index("knn_score")] * 1e-3).astype(np.float32)

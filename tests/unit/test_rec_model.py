@@ -80,3 +80,26 @@ def test_holdout_mask_is_stable():
     a, b = holdout_mask(users, 0.2, 0), holdout_mask(users, 0.2, 0)
     assert (a == b).all() and 0.1 < a.mean() < 0.3
     assert not (a == holdout_mask(users, 0.2, 1)).all()
+
+
+def test_a_bundle_trained_before_features_were_added_still_ranks_with_its_own_columns():
+    import lightgbm as lgb
+    import numpy as np
+
+    from components.rec_features import candidate_features, rows_of
+
+    st = fit()
+    _, _, x = candidate_features(st, rows_of(st, ["ann", "bob", "cat", "dan", "eve"]))
+    older = list(FEATURES[:39])  # the ranker's features before the title and still-selling ones
+    y = (x[:, FEATURES.index("own_baskets")] > 0).astype(int)
+    params = {"objective": "binary", "verbosity": -1, "min_data_in_leaf": 1, "min_data_in_bin": 1, "num_threads": 1}
+    booster = lgb.train(params, lgb.Dataset(x[:, :39], y, feature_name=older), num_boost_round=5)
+    ann = rows_of(st, ["ann"])
+    _, items, x_ann = candidate_features(st, ann)
+    score = booster.predict(x_ann[:, :39])
+    expected = items[np.lexsort((items, -score))][:3]  # score desc, then item position, as rank_rows does
+    ranked, _ = RecommendModel(st, booster).rank_rows(ann, 3)
+    assert ranked[0].tolist() == expected.tolist()
+    renamed = lgb.train(params, lgb.Dataset(x[:, :2], y, feature_name=["own_baskets", "clicks"]), num_boost_round=1)
+    with pytest.raises(ValueError, match="not a subset"):
+        RecommendModel(st, renamed)
