@@ -60,6 +60,12 @@ class BM25Index:
                 out[post.indices[lo:hi]] += post.data[lo:hi]
         return out
 
+    def idf_of(self, tokens: Sequence[str]) -> np.ndarray:
+        """float32 idf of each token; a token no document holds gets the idf of document frequency 0."""
+        unseen = float(np.log1p((self.n_docs + 0.5) / 0.5))
+        ids = (self.vocabulary.get(t) for t in tokens)
+        return np.array([unseen if j is None else self.idf[j] for j in ids], np.float32)
+
     def score_many(self, queries: Sequence[str]) -> sp.csr_matrix:
         """(n_queries, n_docs) sparse scores (only documents sharing a token are stored)."""
         cols = [self.query_vector(q) for q in queries]

@@ -9,7 +9,7 @@ come from TRAIN judgments only; for the ranker's own training rows they are comp
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,6 +44,9 @@ FEATURE_NAMES: tuple[str, ...] = (
     "bigram_overlap",  # share of the query's adjacent token pairs adjacent in the text; NaN: one token
     "first_token_match",  # the query's first token is in the text
     "last_stem_match",  # the query's last token (the product type) matches a text token's stem
+    # Which words match: a rare word says more than a common one (idf of the text BM25).
+    "idf_overlap",  # share of the query's idf mass whose tokens (or their stems) are in the text
+    "compound_match",  # share of query tokens met by joining words: "sheet rock" / "sheetrock"
 )
 PREFIX = 4  # letters compared by prefix_overlap (tokens shorter than this compare whole)
 TEXT_VIEWS_CACHED = 2**15  # product texts whose token views stay cached (~1.5 KB each)
@@ -70,6 +73,8 @@ FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
         "bigram_overlap",
         "first_token_match",
         "last_stem_match",
+        "idf_overlap",
+        "compound_match",
     ),
     # train-split relevance judgments: product priors and the judgment-expanded BM25 document. On
     # this data they also say which products sit in the judged pools (unjudged = gain 0), so their
@@ -178,16 +183,20 @@ def stem(token: str) -> str:
     return token
 
 
+TextViews = tuple[frozenset[str], frozenset[str], frozenset[str], frozenset[tuple[str, str]], frozenset[str]]
+
+
 @functools.lru_cache(maxsize=TEXT_VIEWS_CACHED)
-def _text_views(text: str) -> tuple[frozenset[str], frozenset[str], frozenset[str], frozenset[tuple[str, str]]]:
-    """(tokens, stems, PREFIX-letter prefixes, adjacent token pairs) of one product text, cached: a
-    catalog's popular products recur in every query's candidates."""
+def _text_views(text: str) -> TextViews:
+    """(tokens, stems, PREFIX-letter prefixes, adjacent token pairs, adjacent tokens joined) of one
+    product text, cached: a catalog's popular products recur in every query's candidates."""
     tokens = tokenize(text)
     return (
         frozenset(tokens),
         frozenset(stem(t) for t in tokens),
         frozenset(t[:PREFIX] for t in tokens),
         frozenset(zip(tokens, tokens[1:], strict=False)),
+        frozenset(a + b for a, b in zip(tokens, tokens[1:], strict=False)),
     )
 
 
@@ -203,6 +212,7 @@ def pair_features(
     priors: ProductPriors,
     price: np.ndarray | None,
     texts: Sequence[str],
+    idf: Callable[[Sequence[str]], np.ndarray] | None = None,
 ) -> np.ndarray:
     """Feature matrix (len(cand), len(FEATURE_NAMES)) float32 for one query's candidates.
 
@@ -210,7 +220,8 @@ def pair_features(
     dense holds the cosines of the candidates only, in cand order; dense_best is the query's top
     cosine over the catalog (a per-query constant, so a pair's features never depend on which
     other products are scored with it). texts: the product texts (catalog order) the forgiving
-    matches read; a query without tokens has none (0, bigram_overlap NaN).
+    matches read; a query without tokens has none (0, bigram_overlap NaN). idf: the idf of tokens
+    (BM25Index.idf_of of the text BM25); None weighs every token 1.
     """
     m = len(cand)
     x = np.zeros((m, len(FEATURE_NAMES)), dtype=np.float32)
@@ -231,6 +242,13 @@ def pair_features(
     q_stems = {stem(t) for t in qt}
     q_prefixes = [t[:PREFIX] for t in qt]
     q_pairs = list(zip(qt, qt[1:], strict=False))
+    q_unique = list(dict.fromkeys(qt))
+    q_unique_stems = [stem(t) for t in q_unique]
+    # a word's idf is its stem's when that is more common (drills -> drill): the meaning, not the form
+    q_idf = np.minimum(idf(q_unique), idf(q_unique_stems)).tolist() if idf is not None else [1.0] * len(q_unique)
+    idf_total = sum(q_idf)
+    last_stem = stem(qt[-1]) if qt else ""
+    joined = [(i, a + b) for i, (a, b) in enumerate(q_pairs)]
     for r, c in enumerate(cand):
         ts = token_sets[c]
         hit = len(qset & ts)
@@ -239,12 +257,17 @@ def pair_features(
         x[r, 10] = float(bool(qt) and qt[-1] in ts)
         x[r, 11] = len(numbers & ts) / len(numbers) if numbers else np.nan
         if qt:
-            tokens, stems, prefixes, pairs = _text_views(texts[c])
+            tokens, stems, prefixes, pairs, text_joined = _text_views(texts[c])
             x[r, 16] = len(q_stems & stems) / len(q_stems)
             x[r, 17] = sum(p in prefixes for p in q_prefixes) / len(qt)
             x[r, 18] = sum(p in pairs for p in q_pairs) / len(q_pairs) if q_pairs else np.nan
             x[r, 19] = float(qt[0] in tokens)
-            x[r, 20] = float(stem(qt[-1]) in stems)
+            x[r, 20] = float(last_stem in stems)
+            met = sum(w for t, st, w in zip(q_unique, q_unique_stems, q_idf, strict=True) if t in tokens or st in stems)
+            x[r, 21] = met / idf_total if idf_total > 0 else 0.0
+            compound = {t for t in qt if t in text_joined}
+            compound.update(t for i, j in joined if j in tokens for t in (qt[i], qt[i + 1]))
+            x[r, 22] = len(compound) / len(qt)
     if not qt:
         x[:, 18] = np.nan
     x[:, 12] = priors.count[cand]

@@ -126,7 +126,18 @@ class SearchModel:
     def _features(self, query: str, q_emb: np.ndarray, cand: np.ndarray, bm, bx, best) -> np.ndarray:
         dense = self.embeddings[cand] @ q_emb
         x = pair_features(
-            query, cand, bm, bx, dense, best, self._token_sets, self._title_lengths, self.priors, self.price, self.texts
+            query,
+            cand,
+            bm,
+            bx,
+            dense,
+            best,
+            self._token_sets,
+            self._title_lengths,
+            self.priors,
+            self.price,
+            self.texts,
+            self.bm25.idf_of,
         )
         return x if len(self._columns) == x.shape[1] else x[:, self._columns]
 

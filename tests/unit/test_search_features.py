@@ -49,9 +49,10 @@ def judgments() -> pd.DataFrame:
     )
 
 
-def _features(catalog, query, cand, priors=None, dense=None):
+def _features(catalog, query, cand, priors=None, dense=None, idf=True):
     titles = catalog[s.TITLE].tolist()
-    bm = fit_bm25(titles).score(query)
+    index = fit_bm25(titles)
+    bm = index.score(query)
     dense = np.zeros(len(cand), dtype=np.float32) if dense is None else dense
     lengths = np.array([len(t.split()) for t in titles], dtype=np.float32)
     return pair_features(
@@ -66,6 +67,7 @@ def _features(catalog, query, cand, priors=None, dense=None):
         priors or ProductPriors.empty(len(titles)),
         None,
         titles,
+        index.idf_of if idf else None,
     )
 
 
@@ -111,6 +113,29 @@ def test_forgiving_matches_meet_plurals_misspellings_and_word_order(catalog) -> 
     assert _features(catalog, "hoses", [2])[0, col["stem_overlap"]] == 1
     empty = _features(catalog, "!!!", [0])
     assert empty[0, col["stem_overlap"]] == 0 and np.isnan(empty[0, col["bigram_overlap"]])
+
+
+def test_idf_weighs_rare_words_and_joined_words_match(catalog) -> None:
+    col = {n: i for i, n in enumerate(FEATURE_NAMES)}
+    idf = fit_bm25(catalog[s.TITLE].tolist()).idf_of(["drill", "cordless", "hose", "never"])
+    assert idf[1] > idf[0]  # "drill" is in two of four titles, "cordless" in one
+    assert idf[3] > idf[1]  # a word no title holds counts as the rarest
+    # p1 "cordless drill 18v", p2 "drill bit set", p3 "garden hose 50 ft"
+    x = _features(catalog, "cordless drills hose", [0, 1, 2])
+    total = idf[0] + idf[1] + idf[2]
+    np.testing.assert_allclose(x[:, col["idf_overlap"]], [(idf[0] + idf[1]) / total, idf[0] / total, idf[2] / total])
+    # without idf every word weighs one: the share of the query's distinct words met
+    flat = _features(catalog, "cordless drills hose", [0], idf=False)
+    assert flat[0, col["idf_overlap"]] == pytest.approx(2 / 3)
+    # "garden hose" written as one word, "drillbit" for "drill bit"
+    x = _features(catalog, "gardenhose drillbit set", [1, 2])
+    np.testing.assert_allclose(x[:, col["compound_match"]], [1 / 3, 1 / 3])
+    x = _features(catalog, "garden hose", [2])
+    assert x[0, col["compound_match"]] == 0  # the words match as they are: nothing joined
+    x = _features(catalog, "cord less drill", [0])
+    assert x[0, col["compound_match"]] == pytest.approx(2 / 3)  # "cord" + "less" = "cordless"
+    empty = _features(catalog, "!!!", [0])
+    assert empty[0, col["idf_overlap"]] == 0 and empty[0, col["compound_match"]] == 0
 
 
 @pytest.mark.parametrize(
