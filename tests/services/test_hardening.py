@@ -374,7 +374,12 @@ def test_a_line_cut_short_by_a_full_disk_does_not_swallow_the_next_one(tmp_path)
 
 
 def test_a_real_full_tmpfs_fails_no_answer_over_http(tmp_path, monkeypatch) -> None:
-    """The rollout logs on a 64 KiB tmpfs filled to the last byte: every request still answers 200."""
+    """The rollout logs on a 64 KiB tmpfs filled to the last byte: every request still answers 200.
+
+    The feedback store lives off the tmpfs: its writer process drains impressions on its own timer, and
+    when it lagged (CI's load) its first batch after the space came back created the SQLite files (32 KiB
+    of -shm, a WAL) in that space, so the request line written next found the disk full again.
+    """
     from starlette.testclient import TestClient
 
     import services.runtime as runtime
@@ -382,6 +387,7 @@ def test_a_real_full_tmpfs_fails_no_answer_over_http(tmp_path, monkeypatch) -> N
 
     with _tmpfs(tmp_path / "disk", "64k") as disk:
         monkeypatch.setenv("HATCHERY_HOME", str(disk))
+        monkeypatch.setenv("HATCHERY_FEEDBACK_DB", str(tmp_path / "feedback.sqlite"))
         monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'empty.db'}")
         monkeypatch.setenv("HATCHERY_PSEUDONYM_SALT", "test-salt")
         monkeypatch.delenv("HATCHERY_SEARCH_BUNDLE", raising=False)
