@@ -20,12 +20,14 @@ venv: $(STAMP)
 # --no-deps (every lock is a closed set of pins; `uv pip check` proves it): first the installers (a
 # current pip, and uv) with the venv's bundled pip; then torch with that pip, pinned to the CPU wheel's
 # hash where the machine has one on disk (uv, and pip given PyPI's hashes, would take the multi-GB CUDA
-# build); then everything else with uv.
+# build); then everything else with uv, compiled to bytecode at install (uv does not by default: where
+# PYTHONDONTWRITEBYTECODE is set, as in this machine's shell, every process then compiled what it imported, and
+# importing pandas, torch, LightGBM and MLflow took 12.2 s instead of 7.4, Airflow 5.5 s instead of 2.5).
 $(STAMP): $(LOCKS)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --require-hashes --no-deps -r requirements-pip.lock
 	$(PY) -m pip install -q --disable-pip-version-check --require-hashes --no-deps -r $(TORCH_LOCK)
-	$(VENV)/bin/uv pip install -q --python $(PY) --require-hashes --no-deps -r requirements.lock
+	$(VENV)/bin/uv pip install -q --python $(PY) --require-hashes --no-deps --compile-bytecode -r requirements.lock
 	$(VENV)/bin/uv pip check --python $(PY)
 	rm -f $(VENV)/.installed-* && touch $@
 
