@@ -6,7 +6,7 @@ Layout (models/recommend/bundle/):
   items.npz               per-item arrays: rankable, price, buyers, buyers_recent, age_days,
                           text (text embeddings), knn_index, knn_sim, encoder (item vectors)
   mf.safetensors          BPR factors: users (n_users, d + 1), items (n_items, d + 1)
-  user_encoder.safetensors GRU encoder weights (text buffers excluded; items.npz holds them)
+  user_encoder.safetensors user encoder weights (text buffers excluded; items.npz holds them)
   user_vectors.npy        encoder user vectors (n_users, d), the profile vectors
   user_items.parquet      per (user, item) purchase statistics; user_stats.parquet per user
   profiles.parquet        user profiles (vector + keywords, price band, recency, frequency, monetary)

@@ -587,7 +587,7 @@ def recommend_costs_at_scale(params, served, root: Path, scale: int, users: int,
 
 def refit_model(params, served, root: Path):
     """The served model's booster over generators and statistics refitted on the history before the test cutoff
-    of the split under `root` (item text vectors taken from the served state). The GRU user encoder is not
+    of the split under `root` (item text vectors taken from the served state). The user encoder is not
     fitted: it is neither a candidate source nor a feature (README), so rankings do not depend on it."""
     import pandas as pd
     import torch

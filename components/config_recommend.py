@@ -23,19 +23,24 @@ class MFParams(Frozen):
 
 
 class UserEncoderParams(Frozen):
-    """GRU user encoder over text-initialised item vectors (components/user_encoder.py).
+    """Self-attentive user encoder over text-initialised item vectors (components/user_encoder.py).
 
-    dim: user/item vector size; max_len: most recent purchases kept per user (and window length).
+    dim: user/item vector size (a multiple of heads); max_len: most recent purchases kept per user
+    (and window length); layers, heads: the Transformer's depth and attention heads.
     """
 
     dim: int = Field(64, ge=2)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(2, ge=1)
     max_len: int = Field(50, ge=2)
-    epochs: int = Field(3, ge=1)
-    lr: float = Field(3e-3, gt=0)
+    epochs: int = Field(20, ge=1)
+    lr: float = Field(6e-3, gt=0)
     batch_size: int = Field(256, ge=1)
     dropout: float = Field(0.1, ge=0, lt=1)
-    # Training windows per user: the most recent (max_windows * max_len) purchases, chopped.
-    max_windows: int = Field(2, ge=1)
+    # Training targets per user: its most recent max_windows baskets, each with what the user buys in
+    # horizon_days from it (0: that basket alone), from the max_len purchases before it.
+    max_windows: int = Field(20, ge=1)
+    horizon_days: float = Field(31.0, ge=0)
 
 
 class ProfileParams(Frozen):
@@ -55,7 +60,7 @@ class CandidateParams(Frozen):
     own: int = Field(100, ge=0)
     knn: int = Field(50, ge=0)
     mf: int = Field(50, ge=0)
-    # 0: the GRU user encoder is no candidate source (alone it ranks below item-kNN; see README).
+    # 0: the user encoder is no candidate source (the re-ranker scored lower with it on valid; README).
     encoder: int = Field(0, ge=0)
     trending: int = Field(30, ge=0)
     knn_neighbours: int = Field(10, ge=1)
@@ -118,7 +123,6 @@ class RecommendParams(Frozen):
         "cpu": ProfileParams(),
         "gpu": ProfileParams(
             mf=MFParams(dim=128, epochs=40),
-            user_encoder=UserEncoderParams(dim=128, epochs=10),
             text_batch_size=1024,
             torch_threads=None,
         ),

@@ -3,13 +3,14 @@
 `fit_rec_state` turns a purchase history (events before a cutoff) into `RecState`: per-user purchase
 statistics with repeat-aware signals (TIFU-kNN vectors, time-decayed counts, baskets since the last
 purchase, "due to buy again" ratios), item statistics and the fitted generators (TIFU-kNN, EASE, item
-kNN, BPR matrix factorisation, the GRU user encoder over text-based item vectors). `candidate_features`
-then produces, for a batch of users, the candidate items (own history + each generator's top-n +
-recent popularity) and one feature row per (user, candidate), among them the title similarity of the
-candidate to the user's purchases and whether the item still sells (days since anyone bought it).
-Training, offline evaluation and serving all call these same two functions. The GRU encoder is
-neither a feature nor, by default (`candidates.encoder: 0`), a candidate source: alone it ranks below
-item-kNN; its vectors serve `similar` and the user profiles.
+kNN, BPR matrix factorisation, the self-attentive user encoder over text-based item vectors).
+`candidate_features` then produces, for a batch of users, the candidate items (own history + each
+generator's top-n + recent popularity) and one feature row per (user, candidate), among them the title
+similarity of the candidate to the user's purchases and whether the item still sells (days since
+anyone bought it).
+Training, offline evaluation and serving all call these same two functions. The user encoder alone
+ranks above item-kNN, but the re-ranker did worse with it as a candidate source and feature (README),
+so by default (`candidates.encoder: 0`) it is neither; its vectors serve `similar` and the user profiles.
 
 Times are days before `as_of` (the cutoff), so a state fitted on an earlier fold yields features on
 the same scale as one fitted on the latest data.
@@ -231,12 +232,25 @@ def item_universe(events: pd.DataFrame, catalog: pd.DataFrame) -> np.ndarray:
     )
 
 
-def user_sequences(events: pd.DataFrame, users: np.ndarray, items: np.ndarray) -> list[list[int]]:
-    """Per user (in `users` order), item positions of their purchases in time order (ties: product id)."""
-    ev = events.sort_values([s.TIMESTAMP, s.SESSION_ID, s.PRODUCT_ID], kind="stable")
-    pos = pd.Index(items).get_indexer(ev[s.PRODUCT_ID])
-    by_user = pd.Series(pos).groupby(ev[s.USER_ID].to_numpy()).agg(list)
-    return [by_user.get(u, []) for u in users]
+def user_baskets(
+    events: pd.DataFrame, users: np.ndarray, items: np.ndarray
+) -> tuple[list[list[list[int]]], list[np.ndarray]]:
+    """Per user (in `users` order), their baskets (sessions) in time order, each the distinct item
+    positions it holds (ascending), and each basket's start in days (any origin, ascending); ties in
+    time: session id."""
+    ev = events.drop_duplicates([s.USER_ID, s.SESSION_ID, s.PRODUCT_ID])
+    start = ev.groupby([s.USER_ID, s.SESSION_ID])[s.TIMESTAMP].transform("min")
+    ev = ev.assign(_start=start, _pos=pd.Index(items).get_indexer(ev[s.PRODUCT_ID]))
+    ev = ev.sort_values([s.USER_ID, "_start", s.SESSION_ID, "_pos"], kind="stable")
+    per_basket = ev.groupby([s.USER_ID, "_start", s.SESSION_ID], sort=False)["_pos"].agg(list).reset_index()
+    per_basket["_day"] = (per_basket["_start"] - pd.Timestamp(0)) / pd.Timedelta(days=1)
+    by_user = per_basket.groupby(s.USER_ID, sort=False).agg(baskets=("_pos", list), days=("_day", list))
+    baskets = by_user["baskets"].reindex(users)
+    days = by_user["days"].reindex(users)
+    return (
+        [b if isinstance(b, list) else [] for b in baskets],
+        [np.asarray(d if isinstance(d, list) else [], dtype=np.float64) for d in days],
+    )
 
 
 def repeat_signals(events: pd.DataFrame, config: CandidateParams) -> pd.DataFrame:
@@ -290,7 +304,7 @@ def fit_rec_state(
     catalog: product_id, title, price; text: (len(catalog), dim) text embeddings in catalog order.
     Events after `as_of` raise: they would leak the target window into the features.
     `should_stop` (a training budget) is passed to the MF and user-encoder epoch loops.
-    fit_encoder=False skips the GRU user encoder (zero vectors, no weights): for states that only
+    fit_encoder=False skips the user encoder (zero vectors, no weights): for states that only
     supply the re-ranker's training rows, since the encoder is neither a feature nor, by default, a
     candidate source.
     """
@@ -354,8 +368,8 @@ def fit_rec_state(
     mf_items[~rankable] = 0.0  # never-bought items have untrained factors; score them neutrally
 
     if fit_encoder:
-        seqs = user_sequences(ev, users, items)
-        enc = train_user_encoder(seqs, text_all, rankable, encoder_config, seed, device, should_stop)
+        seqs, basket_days = user_baskets(ev, users, items)
+        enc = train_user_encoder(seqs, text_all, rankable, encoder_config, seed, device, should_stop, basket_days)
         encoder_users = encode_users(enc, seqs, encoder_config.max_len)
         encoder_items = item_vectors(enc)
         weights = {k: v.detach().cpu().numpy() for k, v in enc.state_dict().items() if k not in ("text", "seen")}

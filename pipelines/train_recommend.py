@@ -193,7 +193,7 @@ def run(params: Params, paths: Paths) -> dict:
         t = lap("baselines", t)
 
         # Selection folds, oldest first: history before T_valid - j * window, labels the next window
-        # (j = ranker_folds .. 1). They only supply ranker rows, so their states skip the GRU encoder.
+        # (j = ranker_folds .. 1). They only supply ranker rows, so their states skip the user encoder.
         window = timedelta(days=rp.selection_window_days)
         folds, cutoffs, skipped = [], [], []
         for j in range(rp.ranker_folds, 0, -1):

@@ -14,6 +14,7 @@ from components.rec_features import (
     repeat_signals,
     rows_of,
     tifu_scores,
+    user_baskets,
 )
 from tests.unit._rec_fixtures import purchases, shop_catalog, shop_events, shop_text
 
@@ -224,3 +225,18 @@ def test_title_similarity_and_still_selling_features_hand_computed():
     # Ann's last basket holds a alone: a has no other recent item to resemble; b is compared with a.
     assert np.isnan(f["a"]["text_sim_recent_max"])
     assert f["b"]["text_sim_recent_max"] == pytest.approx(float(unit[item["b"]] @ unit[item["a"]]))
+
+
+def test_user_baskets_in_time_order_with_their_days():
+    events = purchases(
+        [
+            ("ann", "b", "2011-01-03", "2"),
+            ("ann", "c", "2011-01-01", "1"),
+            ("ann", "a", "2011-01-01", "1"),
+            ("ann", "a", "2011-01-01", "1"),  # the same item twice in a basket counts once
+            ("bob", "c", "2011-01-02", "3"),
+        ]
+    )
+    baskets, days = user_baskets(events, np.array(["ann", "bob", "new"]), np.array(list("abc")))
+    assert baskets == [[[0, 2], [1]], [[2]], []]
+    assert np.diff(days[0]).tolist() == [2.0] and len(days[1]) == 1 and len(days[2]) == 0
