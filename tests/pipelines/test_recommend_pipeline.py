@@ -73,6 +73,24 @@ def test_train_writes_a_loadable_bundle(trained):
 
 
 @pytest.mark.slow
+def test_the_encoder_bench_reproduces_the_pipelines_valid_number(trained):
+    from pydantic import ValidationError
+
+    from bench.user_encoder import encoder_recall
+
+    params, paths, selection, _ = trained
+    out = encoder_recall(params, paths, [{}, {"horizon_days": 0.0}])
+    valid = selection["valid"]
+    assert 0.0 <= out["knn"] <= 1.0  # the state's kNN generator (knn_neighbours), not the tuned baseline
+    assert out["tifu_knn"] == pytest.approx(valid["tifu_knn"]["recall_at_20"], abs=1e-9)
+    # Same data, settings and seed as train_recommend's valid fold: the same encoder, the same number.
+    assert out["{}"] == pytest.approx(valid["user_encoder"]["recall_at_20"], abs=1e-9)
+    assert 0.0 <= out['{"horizon_days": 0.0}'] <= 1.0
+    with pytest.raises(ValidationError):
+        encoder_recall(params, paths, [{"epoch": 3}])  # a misspelt setting is refused, not ignored
+
+
+@pytest.mark.slow
 def test_ranker_folds_before_the_history_begins_are_skipped_and_said(trained, caplog):
     _, paths, selection, _ = trained
     folds = selection["selection_fold"]
