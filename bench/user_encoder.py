@@ -43,7 +43,8 @@ def encoder_recall(params, paths: Paths, settings: list[dict]) -> dict[str, floa
     catalog = read_table(paths.validated / "recommend", s.CATALOG)
     text = embed_catalog(catalog, rp, cpu)
     state = fit_state(history, catalog, text, fold_cutoffs(paths)["valid"], params, cpu, fit_encoder=False)
-    targets = {u: t for u, t in evaluation_targets(history, window).items() if u in set(state.users)}
+    known = set(state.users)  # built once: inside the comprehension it would be rebuilt for every user
+    targets = {u: t for u, t in evaluation_targets(history, window).items() if u in known}
     users = list(targets)
     bought, n_items = bought_sets(state, users), int(state.rankable.sum())
     model = RecommendModel(state)
@@ -61,8 +62,9 @@ def encoder_recall(params, paths: Paths, settings: list[dict]) -> dict[str, floa
         encoder = train_user_encoder(baskets, state.text, state.rankable, config, params.seed, cpu, None, days)
         state.encoder_users = encode_users(encoder, baskets, config.max_len)
         state.encoder_items = item_vectors(encoder)
-        out[json.dumps(setting, sort_keys=True)] = recall("encoder")
-        log.info("%s: %.4f (%.0f s)", setting, out[json.dumps(setting, sort_keys=True)], time.perf_counter() - started)
+        name = json.dumps(setting, sort_keys=True)
+        out[name] = recall("encoder")
+        log.info("%s: %.4f (%.0f s)", name, out[name], time.perf_counter() - started)
     return out
 
 
