@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -80,22 +81,165 @@ def _load_checkpoint(folder: Path) -> dict | None:
     }
 
 
-def run(params: Params, paths: Paths, progress: bool = True) -> dict:
-    """Fine-tune, then embed the catalog with the fine-tuned product tower."""
-    import torch
+@dataclass
+class Fitted:
+    """A fine-tuned encoder and its catalog embeddings (what `fit` returns on rank 0)."""
 
+    model: object
+    tokenizer: object
+    adapter: np.ndarray | None  # (dim, dim) over the pretrained product embeddings, frozen mode only
+    product_ids: list[str]
+    embeddings: np.ndarray  # (n, dim) float32 unit rows: the fine-tuned product tower's catalog
+    history: list[dict]
+    meta: dict
+
+
+def fit(
+    params: Params,
+    paths: Paths,
+    device,
+    *,
+    progress: bool = True,
+    rank: int = 0,
+    world: int = 1,
+    checkpoint: Path | None = None,
+    should_stop=None,
+    on_trained=None,
+) -> Fitted | None:
+    """Fine-tune on the train split minus the ranker's fold, then embed the catalog with the product tower.
+
+    checkpoint: a folder to resume from and save to every `checkpoint_every` steps (None: neither).
+    on_trained: called once training ends, before the catalog pass (DDP tears down there). Returns None
+    on ranks other than 0.
+    """
     from components.bm25 import fit_bm25
-    from components.encoder import encode_texts, load_encoder, pick_device
+    from components.encoder import encode_texts, load_encoder
     from components.encoder_training import (
         apply_adapter,
+        bm25_labelled,
         build_training_queries,
         encode_from_states,
         finetune_encoder,
         frozen_states,
         in_ranker_fold,
+        pseudo_queries,
     )
 
     sp, tp = params.search, params.search.training
+    catalog = read_table(paths.validated / "search", s.CATALOG)
+    product_ids = catalog[s.PRODUCT_ID].astype(str).tolist()
+    texts = s.product_texts(catalog, sp.text_fields)
+    train = pd_read(paths.split / "search" / "train.parquet")
+    fold = in_ranker_fold(train[s.QUERY_ID].astype(str).tolist(), sp.ranker_fraction, params.seed)
+    encoder_rows = train[~fold]
+    if tp.max_queries:
+        keep = sorted(encoder_rows[s.QUERY_ID].unique())[: tp.max_queries]
+        encoder_rows = encoder_rows[encoder_rows[s.QUERY_ID].isin(keep)]
+    index = {p: i for i, p in enumerate(product_ids)}
+    bm25 = fit_bm25(texts, sp.bm25_k1, sp.bm25_b)
+    queries = build_training_queries(
+        encoder_rows, index, bm25, tp.hard_negatives, tp.hard_negative_pool, params.seed, params.data.search.relevance
+    )
+    if tp.pseudo_queries:
+        pseudo = pseudo_queries(texts, tp.pseudo_queries, params.seed)
+        max_gain = float(params.data.search.relevance.gain_of(params.data.search.relevance.max))
+        if tp.teacher == "bm25":
+            queries += bm25_labelled(
+                pseudo, bm25, tp.teacher_top, tp.hard_negatives, tp.hard_negative_pool, params.seed, max_gain
+            )
+        else:
+            from pipelines.encoder_teacher import fit_teacher, label_queries
+
+            teacher, _ = fit_teacher(params, catalog, train, fold, np.load(paths.embeddings / "embeddings.npy"))
+            queries += label_queries(
+                teacher,
+                [t for t, _ in pseudo],
+                tp.teacher_top,
+                tp.hard_negatives,
+                tp.hard_negative_pool,
+                params.seed,
+                max_gain,
+            )
+    frozen = None
+    if not tp.train_product_tower:
+        frozen = np.load(paths.embeddings / "embeddings.npy")
+        if np.load(paths.embeddings / "product_ids.npy").astype(str).tolist() != product_ids:
+            raise ValueError(f"{paths.embeddings} was embedded from another catalog: rerun embed_catalog")
+
+    model, tokenizer = load_encoder(sp.encoder, device)
+    resume = _load_checkpoint(checkpoint) if checkpoint is not None else None
+    if resume:
+        log.info("resuming from checkpoint at step %d", resume["step"])
+    start = time.perf_counter()
+    states = None
+    if tp.cache_frozen_states:
+        # The catalog below the frozen bottom, once: part of the catalog pass, counted in embed_seconds.
+        states = frozen_states(
+            model, tokenizer, texts, tp.frozen_layers, sp.text_max_length, tp.encode_batch_size, device
+        )
+    cache_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    model, adapter, history = finetune_encoder(
+        model,
+        tokenizer,
+        queries,
+        texts,
+        frozen,
+        tp,
+        device,
+        params.seed,
+        query_max_length=sp.query_max_length,
+        title_max_length=sp.text_max_length,
+        resume=resume,
+        save_checkpoint=(lambda st: _save_checkpoint(checkpoint, st)) if checkpoint is not None else None,
+        progress=progress,
+        rank=rank,
+        world=world,
+        should_stop=should_stop,
+        product_states=states,
+    )
+    train_seconds = time.perf_counter() - start
+    if on_trained is not None:
+        on_trained()
+    if rank != 0:
+        return None
+    start = time.perf_counter()
+    if adapter is not None:
+        product_emb = apply_adapter(frozen, adapter)
+    elif states is not None:
+        product_emb = encode_from_states(model, states, tp.encode_batch_size, device)
+    else:
+        product_emb = encode_texts(model, tokenizer, texts, tp.encode_batch_size, sp.text_max_length, device)
+    embed_seconds = time.perf_counter() - start + cache_seconds
+    meta = {
+        "encoder": sp.encoder,
+        "profile": sp.profile,
+        "device": str(device),
+        "world_size": world,
+        "training_queries": len(queries),
+        "steps": len(history) + (resume["step"] if resume else 0),
+        "train_seconds": round(train_seconds, 1),
+        "embed_seconds": round(embed_seconds, 1),
+        "product_tower": "frozen+adapter"
+        if adapter is not None
+        else (f"trained above {tp.frozen_layers} cached layers" if states is not None else "trained"),
+        "cache_seconds": round(cache_seconds, 1),
+        "query_max_length": sp.query_max_length,
+        "text_max_length": sp.text_max_length,
+        "final_loss": float(np.mean([h["loss"] for h in history[-20:]])) if history else None,
+    }
+    return Fitted(model, tokenizer, adapter, product_ids, product_emb.astype(np.float32), history, meta)
+
+
+def run(params: Params, paths: Paths, progress: bool = True) -> dict:
+    """Fine-tune, then embed the catalog with the fine-tuned product tower."""
+    import contextlib
+
+    import torch
+
+    from components.encoder import pick_device
+
+    tp = params.search.training
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     if world > 1:
@@ -112,30 +256,11 @@ def run(params: Params, paths: Paths, progress: bool = True) -> dict:
     if tp.num_threads:
         torch.set_num_threads(tp.num_threads)
 
-    catalog = read_table(paths.validated / "search", s.CATALOG)
-    product_ids = catalog[s.PRODUCT_ID].astype(str).tolist()
-    texts = s.product_texts(catalog, sp.text_fields)
-    train = pd_read(paths.split / "search" / "train.parquet")
-    fold = in_ranker_fold(train[s.QUERY_ID].astype(str).tolist(), sp.ranker_fraction, params.seed)
-    encoder_rows = train[~fold]
-    if tp.max_queries:
-        keep = sorted(encoder_rows[s.QUERY_ID].unique())[: tp.max_queries]
-        encoder_rows = encoder_rows[encoder_rows[s.QUERY_ID].isin(keep)]
-    index = {p: i for i, p in enumerate(product_ids)}
-    bm25 = fit_bm25(texts, sp.bm25_k1, sp.bm25_b)
-    queries = build_training_queries(
-        encoder_rows, index, bm25, tp.hard_negatives, tp.hard_negative_pool, params.seed, params.data.search.relevance
-    )
+    def teardown() -> None:
+        if world > 1:
+            import torch.distributed as dist
 
-    cached = paths.embeddings
-    frozen = None
-    if not tp.train_product_tower:
-        frozen = np.load(cached / "embeddings.npy")
-        if np.load(cached / "product_ids.npy").astype(str).tolist() != product_ids:
-            raise ValueError(f"{cached} was embedded from another catalog: rerun embed_catalog")
-
-    ckpt = paths.checkpoints / "latest"
-    import contextlib
+            dist.destroy_process_group()  # no collective op after training: rank 0 writes alone
 
     tracked = rank == 0  # one MLflow run per training, not one per rank
     inputs = [paths.split / "search", paths.validated / "search"]
@@ -144,89 +269,39 @@ def run(params: Params, paths: Paths, progress: bool = True) -> dict:
 
         if tracked:
             mlflow.set_tag("device", str(device))
-            mlflow.log_params({"training_queries": len(queries), "world_size": world})
-        model, tokenizer = load_encoder(sp.encoder, device)
         # The charter's training budget (unlimited outside the lifecycle) ends fine-tuning early.
         deadline = training_deadline(device.type)
-        resume = _load_checkpoint(ckpt)
-        if resume:
-            log.info("resuming from checkpoint at step %d", resume["step"])
-        start = time.perf_counter()
-        states = None
-        if tp.cache_frozen_states:
-            # The catalog below the frozen bottom, once: part of the catalog pass, counted in embed_seconds.
-            states = frozen_states(
-                model, tokenizer, texts, tp.frozen_layers, sp.text_max_length, tp.encode_batch_size, device
-            )
-        cache_seconds = time.perf_counter() - start
-        start = time.perf_counter()
-        model, adapter, history = finetune_encoder(
-            model,
-            tokenizer,
-            queries,
-            texts,
-            frozen,
-            tp,
+        fitted = fit(
+            params,
+            paths,
             device,
-            params.seed,
-            query_max_length=sp.query_max_length,
-            title_max_length=sp.text_max_length,
-            resume=resume,
-            save_checkpoint=lambda st: _save_checkpoint(ckpt, st),
             progress=progress,
             rank=rank,
             world=world,
+            checkpoint=paths.checkpoints / "latest",
             should_stop=deadline.expired,
-            product_states=states,
+            on_trained=teardown,
         )
-        train_seconds = time.perf_counter() - start
-        if world > 1:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()  # no collective op after training: rank 0 writes alone
-        if rank != 0:
+        if fitted is None:
             return {}
-        start = time.perf_counter()
-        if adapter is not None:
-            product_emb = apply_adapter(frozen, adapter)
-        elif states is not None:
-            product_emb = encode_from_states(model, states, tp.encode_batch_size, device)
-        else:
-            product_emb = encode_texts(model, tokenizer, texts, tp.encode_batch_size, sp.text_max_length, device)
-        embed_seconds = time.perf_counter() - start + cache_seconds
-        meta = {
-            "encoder": sp.encoder,
-            "profile": sp.profile,
-            "device": str(device),
-            "world_size": world,
-            "training_queries": len(queries),
-            "steps": len(history) + (resume["step"] if resume else 0),
-            "train_seconds": round(train_seconds, 1),
-            "embed_seconds": round(embed_seconds, 1),
-            "product_tower": "frozen+adapter"
-            if adapter is not None
-            else (f"trained above {tp.frozen_layers} cached layers" if states is not None else "trained"),
-            "cache_seconds": round(cache_seconds, 1),
-            "query_max_length": sp.query_max_length,
-            "text_max_length": sp.text_max_length,
-            "final_loss": float(np.mean([h["loss"] for h in history[-20:]])) if history else None,
-            "budget": deadline.summary(),
-        }
+        meta = {**fitted.meta, "budget": deadline.summary()}
+        history, model, tokenizer = fitted.history, fitted.model, fitted.tokenizer
+        mlflow.log_params({"training_queries": meta["training_queries"], "world_size": world})
         with staged_dir(paths.encoder) as out:
             model.save_pretrained(out / "query_encoder", safe_serialization=True)
             tokenizer.save_pretrained(out / "query_encoder")
-            if adapter is None:
+            if fitted.adapter is None:
                 model.save_pretrained(out / "product_encoder", safe_serialization=True)
                 tokenizer.save_pretrained(out / "product_encoder")
             else:
                 from safetensors.numpy import save_file
 
                 save_file(
-                    {"weight": np.ascontiguousarray(adapter, dtype=np.float32)},
+                    {"weight": np.ascontiguousarray(fitted.adapter, dtype=np.float32)},
                     str(out / "product_adapter.safetensors"),
                 )
-            np.save(out / "embeddings.npy", product_emb.astype(np.float32))
-            np.save(out / "product_ids.npy", np.array(product_ids, dtype=str))
+            np.save(out / "embeddings.npy", fitted.embeddings)
+            np.save(out / "product_ids.npy", np.array(fitted.product_ids, dtype=str))
             write_json(out / "meta.json", meta)
             write_json(out / "history.json", history)
         shutil.rmtree(paths.checkpoints, ignore_errors=True)
@@ -234,16 +309,16 @@ def run(params: Params, paths: Paths, progress: bool = True) -> dict:
             mlflow.log_metric("loss", h["loss"], step=h["step"])
         mlflow.log_metrics(
             {
-                "train_seconds": train_seconds,
-                "embed_seconds": embed_seconds,
-                "queries_per_s": len(history) * tp.batch_size / max(train_seconds, 1e-9),
+                "train_seconds": meta["train_seconds"],
+                "embed_seconds": meta["embed_seconds"],
+                "queries_per_s": len(history) * tp.batch_size / max(meta["train_seconds"], 1e-9),
             }
         )
         log.info(
             "fine-tuned %d steps in %.0f s on %s (final loss %.3f)",
             len(history),
-            train_seconds,
-            device,
+            meta["train_seconds"],
+            meta["device"],
             meta["final_loss"] or float("nan"),
         )
     return meta

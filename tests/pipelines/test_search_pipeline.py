@@ -163,3 +163,23 @@ def test_register_is_idempotent(trained) -> None:
     assert first["created"] and not again["created"]
     assert again["version"] == first["version"] == 1
     assert json.loads((trained["paths"].models / "search" / "registered.json").read_text())["version"] == 1
+
+
+def test_the_encoder_bench_reproduces_the_pipelines_encoder(trained) -> None:
+    from bench.search_encoder import ValidQueries, encoder_ndcg
+    from components.config import ParamsError
+    from components.encoder import load_encoder
+
+    paths, params = trained["paths"], trained["params"]
+    out = encoder_ndcg(params, paths, [{}, {"pseudo_queries": 40, "teacher_candidates": 10}])
+    # Same data, settings and seed as train_encoder: the same encoder, the same valid numbers.
+    enc = paths.models / "search" / "encoder"
+    model, tokenizer = load_encoder(str(enc / "query_encoder"))
+    saved = ValidQueries(params, paths).measure_encoder(model, tokenizer, np.load(enc / "embeddings.npy"))
+    assert {k: out["{}"][k] for k in saved} == saved
+    taught = out['{"pseudo_queries": 40, "teacher_candidates": 10}']
+    assert taught["training_queries"] > out["{}"]["training_queries"]  # the teacher labelled pseudo-queries
+    for row in (out["bm25"], out["zero_shot"], taught):
+        assert 0.0 <= row["ndcg_at_10"] <= 1.0 and 0.0 <= row["recall_at_100"] <= 1.0
+    with pytest.raises(ParamsError, match="epoch"):
+        encoder_ndcg(params, paths, [{"epoch": 3}])  # a misspelt setting is refused, not ignored
