@@ -42,13 +42,6 @@ class TrainingProfile(Frozen):
     # catalog pass run only the top layers on products.
     cache_frozen_states: bool = False
     max_queries: int | None = Field(None, ge=1)  # cap on training queries (None = all)
-    # Catalog-derived pseudo-queries added to the judged ones (components.encoder_training.pseudo_queries:
-    # a run of a product's words), labelled by a teacher's top `teacher_top` products: the content-only
-    # ranker (pipelines/encoder_teacher.py, over `teacher_candidates` per source) or BM25. 0 = none.
-    pseudo_queries: int = Field(0, ge=0)
-    teacher: Literal["content_ranker", "bm25"] = "content_ranker"
-    teacher_top: int = Field(10, ge=1)
-    teacher_candidates: int = Field(50, ge=1)
     max_steps: int | None = Field(None, ge=1)
     checkpoint_every: int = Field(200, ge=1)  # steps
     encode_batch_size: int = Field(256, ge=1)

@@ -110,57 +110,6 @@ def build_training_queries(
     return out
 
 
-def pseudo_queries(
-    product_texts: Sequence[str], n: int, seed: int, span: tuple[int, int] = (2, 4)
-) -> list[tuple[str, int]]:
-    """(query, product) for `n` sampled products: a random run of span[0]..span[1] consecutive tokens of
-    the product's text, what a shopper types (a brand and a type, a size and a material). Products with
-    fewer than span[0] tokens are skipped."""
-    from components.bm25 import tokenize
-
-    rng = np.random.default_rng([seed, 7_919])
-    picks = rng.choice(len(product_texts), size=min(n, len(product_texts)), replace=False)
-    out = []
-    for p in picks.tolist():
-        tokens = tokenize(product_texts[p])
-        if len(tokens) < span[0]:
-            continue
-        length = int(rng.integers(span[0], min(span[1], len(tokens)) + 1))
-        begin = int(rng.integers(0, len(tokens) - length + 1))
-        out.append((" ".join(tokens[begin : begin + length]), p))
-    return out
-
-
-def bm25_labelled(
-    pseudo: Sequence[tuple[str, int]],
-    bm25: BM25Index,
-    teacher_top: int,
-    hard_negatives: int,
-    pool: int,
-    seed: int,
-    max_gain: float,
-) -> list[TrainingQuery]:
-    """Pseudo-queries labelled by BM25: the source product at `max_gain` and BM25's top `teacher_top`
-    other products, each at max_gain x its score over the best; hard negatives from BM25's ranks
-    teacher_top..pool."""
-    rng = np.random.default_rng([seed, 7_921])
-    out = []
-    for text, p in pseudo:
-        scores = bm25.score(text)
-        top = top_k(scores, pool)
-        top = top[(scores[top] > 0) & (top != p)]
-        best = max(float(scores[top[0]]) if len(top) else 0.0, float(scores[p]), 1e-9)
-        teacher = top[:teacher_top]
-        prods = np.concatenate([[p], teacher]).astype(np.int64)
-        gains = np.concatenate([[max_gain], max_gain * scores[teacher] / best]).astype(np.float32)
-        rest = top[teacher_top:]
-        negs = (
-            rng.choice(rest, size=min(hard_negatives, len(rest)), replace=False) if hard_negatives and len(rest) else []
-        )
-        out.append(TrainingQuery(text, prods, gains, np.asarray(negs, dtype=np.int64)))
-    return out
-
-
 @dataclass(frozen=True)
 class FrozenStates:
     """Hidden states of each product text after the frozen bottom (word embeddings + `layers` layers).

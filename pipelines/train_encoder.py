@@ -116,13 +116,11 @@ def fit(
     from components.encoder import encode_texts, load_encoder
     from components.encoder_training import (
         apply_adapter,
-        bm25_labelled,
         build_training_queries,
         encode_from_states,
         finetune_encoder,
         frozen_states,
         in_ranker_fold,
-        pseudo_queries,
     )
 
     sp, tp = params.search, params.search.training
@@ -140,26 +138,6 @@ def fit(
     queries = build_training_queries(
         encoder_rows, index, bm25, tp.hard_negatives, tp.hard_negative_pool, params.seed, params.data.search.relevance
     )
-    if tp.pseudo_queries:
-        pseudo = pseudo_queries(texts, tp.pseudo_queries, params.seed)
-        max_gain = float(params.data.search.relevance.gain_of(params.data.search.relevance.max))
-        if tp.teacher == "bm25":
-            queries += bm25_labelled(
-                pseudo, bm25, tp.teacher_top, tp.hard_negatives, tp.hard_negative_pool, params.seed, max_gain
-            )
-        else:
-            from pipelines.encoder_teacher import fit_teacher, label_queries
-
-            teacher, _ = fit_teacher(params, catalog, train, fold, np.load(paths.embeddings / "embeddings.npy"))
-            queries += label_queries(
-                teacher,
-                [t for t, _ in pseudo],
-                tp.teacher_top,
-                tp.hard_negatives,
-                tp.hard_negative_pool,
-                params.seed,
-                max_gain,
-            )
     frozen = None
     if not tp.train_product_tower:
         frozen = np.load(paths.embeddings / "embeddings.npy")

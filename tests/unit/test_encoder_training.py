@@ -14,14 +14,12 @@ from components.bm25 import fit_bm25
 from components.config_search import TrainingProfile
 from components.encoder_training import (
     apply_adapter,
-    bm25_labelled,
     build_training_queries,
     embed_from_states,
     encode_from_states,
     finetune_encoder,
     frozen_states,
     in_ranker_fold,
-    pseudo_queries,
     soft_contrastive_loss,
 )
 
@@ -66,26 +64,6 @@ def test_hard_negatives_never_include_judged_products() -> None:
     assert len(tq) == 1  # q2 has no positive gain
     assert set(tq[0].negatives.tolist()) == {5}  # "drill press": BM25 hit, unjudged
     np.testing.assert_allclose(tq[0].gains, [2.0, 0.0])
-
-
-def test_pseudo_queries_are_runs_of_their_products_words() -> None:
-    texts = [*TITLES, "x"]  # one token: too short for a pseudo-query
-    out = pseudo_queries(texts, n=len(texts), seed=0)
-    assert sorted(p for _, p in out) == list(range(len(TITLES)))
-    for query, p in out:
-        words = query.split()
-        assert 2 <= len(words) <= 4 and f" {query} " in f" {texts[p]} "
-    assert out == pseudo_queries(texts, n=len(texts), seed=0) != pseudo_queries(texts, n=len(texts), seed=1)
-
-
-def test_bm25_labels_the_source_first_then_its_best_matches() -> None:
-    (tq,) = bm25_labelled(
-        [("drill bit", 1)], fit_bm25(TITLES), teacher_top=2, hard_negatives=1, pool=10, seed=0, max_gain=2.0
-    )
-    assert tq.products[0] == 1 and tq.gains[0] == 2.0
-    assert set(tq.products[1:].tolist()) <= {0, 5} and len(tq.products) == 3  # the other "drill" titles
-    assert (0 < tq.gains[1:]).all() and (tq.gains[1:] <= 2.0).all()
-    assert not set(tq.negatives.tolist()) & set(tq.products.tolist())
 
 
 def test_adapter_output_is_unit_length() -> None:
