@@ -23,17 +23,6 @@ from artifacts.paths import Paths
 log = logging.getLogger(__name__)
 
 
-def _scores(query_vectors: np.ndarray, product_vectors: np.ndarray, k: int = 100) -> list[np.ndarray]:
-    """Top-k catalog indices per query, best first (exact inner product)."""
-    out = []
-    for start in range(0, len(query_vectors), 256):
-        sc = query_vectors[start : start + 256] @ product_vectors.T
-        top = np.argpartition(-sc, k, axis=1)[:, :k]
-        order = np.take_along_axis(sc, top, axis=1).argsort(axis=1)[:, ::-1]
-        out.extend(np.take_along_axis(top, order, axis=1))
-    return out
-
-
 class ValidQueries:
     """The valid split's queries, judged gains and catalog: full-catalog metrics of a ranking of each."""
 
@@ -61,10 +50,11 @@ class ValidQueries:
 
     def measure_encoder(self, model, tokenizer, embeddings: np.ndarray) -> dict:
         """The metrics of a query tower's exact cosine ranking over the catalog's `embeddings`."""
+        from components.ann import exact_search
         from components.encoder import encode_texts
 
         q = encode_texts(model, tokenizer, self.texts, 256, self.params.search.query_max_length)
-        return self.measure(_scores(q, embeddings))
+        return self.measure(list(exact_search(embeddings, q, 100)[1]))
 
 
 def encoder_ndcg(params, paths: Paths, settings: list[dict]) -> dict[str, dict]:
