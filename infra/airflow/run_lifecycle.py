@@ -103,10 +103,16 @@ def airflow_env(base: dict[str, str] | None = None) -> dict[str, str]:
 
 
 class Api:
-    """A tiny /api/v2 client with token auth."""
+    """A tiny /api/v2 client with token auth.
 
-    def __init__(self, base: str, home: Path):
+    A read (GET) that times out or finds the server gone is asked again, `read_attempts` times in all: the
+    API server also serves every running task's execution API, and on a busy machine one answer can take
+    longer than `timeout` s while the next is quick. Writes are never repeated (a trigger must not run twice).
+    """
+
+    def __init__(self, base: str, home: Path, timeout: float = 30, read_attempts: int = 3):
         self.base, self.home, self.token = base.rstrip("/"), home, None
+        self.timeout, self.read_attempts = timeout, read_attempts
 
     def _request(self, method: str, path: str, body: dict | None = None, auth: bool = True) -> dict:
         data = json.dumps(body).encode() if body is not None else None
@@ -114,7 +120,18 @@ class Api:
         req.add_header("Content-Type", "application/json")
         if auth:
             req.add_header("Authorization", f"Bearer {self.login()}")
-        with urllib.request.urlopen(req, timeout=30) as resp:
+        for attempt in range(1, self.read_attempts if method == "GET" else 1):
+            try:
+                return self._send(req)
+            except (TimeoutError, ConnectionError, urllib.error.URLError) as exc:
+                if isinstance(exc, urllib.error.HTTPError):  # the server answered: asking again changes nothing
+                    raise
+                print(f"GET {path}: {exc!r}; asking again ({attempt + 1}/{self.read_attempts})", file=sys.stderr)
+                time.sleep(2 * attempt)
+        return self._send(req)
+
+    def _send(self, req: urllib.request.Request) -> dict:
+        with urllib.request.urlopen(req, timeout=self.timeout) as resp:
             text = resp.read().decode()
         return json.loads(text) if text else {}
 

@@ -205,3 +205,55 @@ def test_stop_kills_a_component_that_ignores_sigterm_and_its_children(rl, tmp_pa
     assert not rl._group_alive(polite.pid)
     assert stubborn.wait(timeout=5) == -9 and polite.wait(timeout=5) == -15
     assert not list(home.glob("*.pid"))
+
+
+def test_a_read_that_times_out_is_asked_again_and_a_write_never_is(rl, tmp_path: Path) -> None:
+    """The API server also serves the running tasks; on a busy machine one answer can come too late. A GET
+    is asked again (and still fails, with the timeout, when every try is late); a POST is sent once."""
+    import http.server
+    import json
+    import threading
+
+    (tmp_path / rl.PASSWORD_FILE).write_text('{"admin": "pw"}')
+    late = {"GET": 1, "POST": 1}  # how many of the next requests of each kind stall past the client's timeout
+    seen: list[str] = []
+
+    class Stalling(http.server.BaseHTTPRequestHandler):
+        def _answer(self, body: dict) -> None:
+            seen.append(f"{self.command} {self.path}")
+            if self.path != "/auth/token" and late[self.command] > 0:
+                late[self.command] -= 1
+                time.sleep(1.5)
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            self._answer({"state": "running"})
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self._answer({"access_token": "t"} if self.path == "/auth/token" else {"dag_run_id": "r"})
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Stalling)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        api = rl.Api(f"http://127.0.0.1:{server.server_port}", tmp_path, timeout=0.5, read_attempts=3)
+        assert api.get("/api/v2/dags/incubation/dagRuns/r") == {"state": "running"}  # the second try answers
+        assert seen.count("GET /api/v2/dags/incubation/dagRuns/r") == 2
+
+        with pytest.raises(TimeoutError):
+            api.post("/api/v2/dags/incubation/dagRuns", {"conf": {}})
+        assert seen.count("POST /api/v2/dags/incubation/dagRuns") == 1  # a trigger is never sent twice
+
+        late["GET"] = 3
+        with pytest.raises((TimeoutError, OSError)):
+            api.get("/api/v2/dags/incubation/dagRuns/r")
+        assert seen.count("GET /api/v2/dags/incubation/dagRuns/r") == 5
+    finally:
+        server.shutdown()
