@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
@@ -33,3 +35,6 @@ class LambdaRankParams(Frozen):
     min_data_in_leaf: int = Field(50, ge=1)
     feature_fraction: float = Field(0.9, gt=0, le=1)
     early_stopping_rounds: int = Field(50, ge=1)
+    # LightGBM's listwise objectives: lambdarank (pairwise swaps weighted by the NDCG change) or
+    # rank_xendcg (a softmax cross-entropy over each list's relevance; faster per tree).
+    objective: Literal["lambdarank", "rank_xendcg"] = "lambdarank"

@@ -132,7 +132,7 @@ class RecommendParams(Frozen):
     candidates: CandidateParams = CandidateParams()
     # Picked on the valid fold (see params.yaml); LambdaRankParams' own defaults are the search ranker's.
     ranker: RecRankerParams = RecRankerParams(
-        num_leaves=15, learning_rate=0.02, n_estimators=1000, early_stopping_rounds=100
+        num_leaves=15, learning_rate=0.02, n_estimators=1000, early_stopping_rounds=100, objective="rank_xendcg"
     )
     selection_window_days: int = Field(31, ge=1)
     # Monthly folds (selection_window_days each) before the valid cutoff that the valid-number ranker

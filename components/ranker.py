@@ -33,7 +33,8 @@ def train_lambdarank(
     label_gain: Sequence[float] | None = None,
     callbacks: Sequence = (),
 ):
-    """Fit a LambdaRank booster with early stopping on NDCG@`eval_at` over the validation groups.
+    """Fit a ranking booster (`config.objective`, LambdaRank by default) with early stopping on NDCG@`eval_at`
+    over the validation groups.
 
     Labels are non-negative integer grades; groups are per-query (or per-user) row counts in order.
     `label_gain`: gain of each grade (None: LightGBM's 2^g - 1). `callbacks` run after early stopping
@@ -42,7 +43,7 @@ def train_lambdarank(
     import lightgbm as lgb
 
     params = {
-        "objective": "lambdarank",
+        "objective": config.objective,
         "metric": "ndcg",
         "eval_at": [eval_at],
         "num_leaves": config.num_leaves,

@@ -29,7 +29,7 @@ _STOP = frozenset("set of and the with for in to pack box large small mini assor
 
 
 class RecommendModel:
-    """A fitted RecState plus a LambdaRank booster over its candidate features.
+    """A fitted RecState plus a LightGBM ranking booster over its candidate features.
 
     booster: a lightgbm.Booster over FEATURES or, in a bundle trained before features were added, over
         the subset it was trained on (in FEATURES' order); None ranks candidates by own history, then
@@ -232,7 +232,8 @@ def train_rec_ranker(
     seed: int,
     callbacks: Sequence = (),
 ):
-    """LambdaRank over one or more folds: candidates of each fold's target users, label 1 if bought.
+    """A LightGBM ranker (`config.objective`) over one or more folds: candidates of each fold's target
+    users, label 1 if bought.
 
     folds: (state fitted on the history before a cutoff, {user: items bought in the window after it}).
     Stacking folds gives the ranker more users and more moments in time; features are relative to

@@ -91,6 +91,50 @@ def fit_state(
     )
 
 
+def selection_folds(
+    hist_v: pd.DataFrame,
+    catalog: pd.DataFrame,
+    text: np.ndarray,
+    valid_cutoff: pd.Timestamp,
+    params: Params,
+    device,
+    deadline: Deadline | None = None,
+) -> tuple[list[tuple[RecState, dict[str, set[str]]]], list[str], list[str]]:
+    """The re-ranker's selection folds, oldest first: history before T_valid - j * window, labels the next
+    window (j = ranker_folds .. 1). They only supply ranker rows, so their states skip the user encoder.
+    Returns ([(state, targets)], cutoffs used, cutoffs skipped for a history too short)."""
+    rp = params.recommend
+    window = timedelta(days=rp.selection_window_days)
+    folds, cutoffs, skipped = [], [], []
+    for j in range(rp.ranker_folds, 0, -1):
+        sel_cut = valid_cutoff - j * window
+        when = hist_v[s.TIMESTAMP]
+        early, late = hist_v.loc[when < sel_cut], hist_v.loc[(when >= sel_cut) & (when < sel_cut + window)]
+        targets = evaluation_targets(early, late)
+        if len(targets) < MIN_FOLD_USERS:  # a history shorter than the folds asked for
+            skipped.append(str(sel_cut))
+            continue
+        state = fit_state(early, catalog, text, sel_cut, params, device, deadline, fit_encoder=False)
+        folds.append((state, targets))
+        cutoffs.append(str(sel_cut))
+    if skipped:
+        log.warning(
+            "%d of %d ranker folds skipped (fewer than %d users with history before and purchases in the "
+            "window): cutoffs %s",
+            len(skipped),
+            rp.ranker_folds,
+            MIN_FOLD_USERS,
+            ", ".join(skipped),
+        )
+    if not folds:
+        raise ValueError(
+            f"no ranker fold has {MIN_FOLD_USERS} users who bought before and inside a "
+            f"{rp.selection_window_days}-day window before the valid cutoff {valid_cutoff}: the history is "
+            "too short for recommend.selection_window_days"
+        )
+    return folds, cutoffs, skipped
+
+
 def bought_sets(state: RecState, users: list[str]) -> dict[str, set[str]]:
     """{user: items bought in the state's history} (empty for unknown users)."""
     index = {u: i for i, u in enumerate(state.users)}
@@ -192,36 +236,7 @@ def run(params: Params, paths: Paths) -> dict:
         selection = select_baselines(hist_v, win_v, rp)
         t = lap("baselines", t)
 
-        # Selection folds, oldest first: history before T_valid - j * window, labels the next window
-        # (j = ranker_folds .. 1). They only supply ranker rows, so their states skip the user encoder.
-        window = timedelta(days=rp.selection_window_days)
-        folds, cutoffs, skipped = [], [], []
-        for j in range(rp.ranker_folds, 0, -1):
-            sel_cut = cut["valid"] - j * window
-            when = hist_v[s.TIMESTAMP]
-            early, late = hist_v.loc[when < sel_cut], hist_v.loc[(when >= sel_cut) & (when < sel_cut + window)]
-            targets = evaluation_targets(early, late)
-            if len(targets) < MIN_FOLD_USERS:  # a history shorter than the folds asked for
-                skipped.append(str(sel_cut))
-                continue
-            state = fit_state(early, catalog, text, sel_cut, params, device, deadline, fit_encoder=False)
-            folds.append((state, targets))
-            cutoffs.append(str(sel_cut))
-        if skipped:
-            log.warning(
-                "%d of %d ranker folds skipped (fewer than %d users with history before and purchases in the "
-                "window): cutoffs %s",
-                len(skipped),
-                rp.ranker_folds,
-                MIN_FOLD_USERS,
-                ", ".join(skipped),
-            )
-        if not folds:
-            raise ValueError(
-                f"no ranker fold has {MIN_FOLD_USERS} users who bought before and inside a "
-                f"{rp.selection_window_days}-day window before the valid cutoff {cut['valid']}: the history is "
-                "too short for recommend.selection_window_days"
-            )
+        folds, cutoffs, skipped = selection_folds(hist_v, catalog, text, cut["valid"], params, device, deadline)
         booster_sel, info_sel = train_rec_ranker(folds, rp.ranker, params.seed, stop_boosting)
         t = lap("selection_fold", t)
 

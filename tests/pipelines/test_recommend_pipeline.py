@@ -91,6 +91,19 @@ def test_the_encoder_bench_reproduces_the_pipelines_valid_number(trained):
 
 
 @pytest.mark.slow
+def test_the_ranker_bench_reproduces_the_pipelines_valid_number(trained):
+    from bench.rec_ranker import ranker_recall
+    from components.config import ParamsError
+
+    params, paths, selection, _ = trained
+    out = ranker_recall(params, paths, [{}, {"objective": "lambdarank"}], [params.seed, params.seed + 1])
+    assert out["{}"][0] == pytest.approx(selection["valid"]["rerank"]["recall_at_20"], abs=1e-9)
+    assert all(0.0 <= r <= 1.0 for r in out['{"objective": "lambdarank"}'])
+    with pytest.raises(ParamsError, match="num_leave"):
+        ranker_recall(params, paths, [{"num_leave": 7}], [0])  # a misspelt setting is refused, not ignored
+
+
+@pytest.mark.slow
 def test_ranker_folds_before_the_history_begins_are_skipped_and_said(trained, caplog):
     _, paths, selection, _ = trained
     folds = selection["selection_fold"]
